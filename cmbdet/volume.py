@@ -1,0 +1,296 @@
+"""The `Volume` type: a 3-D magnitude scan in one canonical orientation, with the way back.
+
+Orientation is handled here and only here:
+
+* on load, the array is reoriented to the closest RAS+ axis order (nibabel's ``io_orientation``;
+  an oblique grid stays oblique, its rotation lives in the affine) — every stage works on that;
+* on write, arrays in the canonical grid are put back into the input file's exact grid (same shape,
+  same affine, same axis order and signs), so a label map overlays the input in any viewer;
+* voxel <-> world conversions go through the affines (``nibabel.affines.apply_affine``).
+
+World coordinates are scanner RAS+ millimetres, as nibabel reports them for the input file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.affines import apply_affine
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+from cmbdet.errors import InputError
+
+#: 4-D series with at most this many volumes are read as multi-echo magnitude (echoes on axis 4).
+MAX_ECHOES = 16
+#: How echoes of a multi-echo series are combined: root-sum-of-squares, or one echo.
+ECHO_CHOICES = ("rss", "last", "first")
+
+_RAS_ORNT = axcodes2ornt(("R", "A", "S"))
+
+
+@dataclass(frozen=True)
+class SourceGrid:
+    """The grid of the file as read: what label maps are written back onto."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray  # (4, 4) voxel -> scanner RAS mm of the file
+    ornt: np.ndarray  # (3, 2) nibabel orientation of the file's axes relative to RAS
+    header: nib.Nifti1Header | None = None
+
+    @property
+    def axcodes(self) -> tuple[str, str, str]:
+        return tuple(nib.aff2axcodes(self.affine))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3-D scan in RAS-canonical voxel order.
+
+    ``data``: (I, J, K) float32, axis i runs to the Right, j to Anterior, k to Superior (closest
+    axis for oblique grids). ``affine``: (4, 4) canonical voxel -> scanner RAS mm.
+    ``source``: the input file's own grid. ``notes``: what was done at load (echo combination,
+    repairs) in words a user can read in the outputs.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    source: SourceGrid
+    path: Path | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing_mm(self) -> np.ndarray:
+        """(3,) voxel size in mm along the canonical axes i, j, k."""
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+    def ijk_to_xyz_mm(self, ijk: np.ndarray) -> np.ndarray:
+        """(N, 3) canonical voxel coordinates -> (N, 3) scanner RAS mm."""
+        return apply_affine(self.affine, np.asarray(ijk, dtype=float).reshape(-1, 3))
+
+    def xyz_mm_to_ijk(self, xyz_mm: np.ndarray) -> np.ndarray:
+        """(N, 3) scanner RAS mm -> (N, 3) canonical voxel coordinates (float)."""
+        return apply_affine(np.linalg.inv(self.affine), np.asarray(xyz_mm, dtype=float).reshape(-1, 3))
+
+    def to_source_ijk(self, ijk: np.ndarray) -> np.ndarray:
+        """(N, 3) canonical voxel coordinates -> (N, 3) voxel coordinates in the input file's array."""
+        canonical_to_source = np.linalg.inv(self.source.affine) @ self.affine
+        return apply_affine(canonical_to_source, np.asarray(ijk, dtype=float).reshape(-1, 3))
+
+    def to_source_array(self, array: np.ndarray) -> np.ndarray:
+        """An (I, J, K) array on the canonical grid -> the same voxels in the input file's axis order."""
+        if array.shape != self.data.shape:
+            raise ValueError(f"array shape {array.shape} is not the volume's {self.data.shape}")
+        back = ornt_transform(_RAS_ORNT, self.source.ornt)
+        return np.ascontiguousarray(apply_orientation(array, back))
+
+    def with_data(self, data: np.ndarray) -> Volume:
+        """The same grid with other voxel values (same shape required)."""
+        if data.shape != self.data.shape:
+            raise ValueError(f"data shape {data.shape} is not the volume's {self.data.shape}")
+        return replace(self, data=data)
+
+
+def volume_from_image(
+    image: nib.Nifti1Image,
+    path: str | Path | None = None,
+    *,
+    echo: str | int = "rss",
+) -> Volume:
+    """Check and reorient an in-memory NIfTI image (see `load_volume`)."""
+    name = str(path) if path is not None else "<image>"
+    notes: list[str] = []
+    affine = _checked_affine(image, name, notes)
+    try:
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as err:  # truncated gzip, short file, bad scaling: all "cannot read"
+        raise InputError(name, f"could not read the image data ({type(err).__name__}: {err}); "
+                               "the file may be truncated or corrupt") from None
+    data = _checked_dimensions(data, name)
+    data = _repair_non_finite(data, name, notes)
+    _check_magnitude(data, name)
+    if data.ndim == 4:
+        data = _combine_echoes(data, name, echo, notes)
+
+    ornt = io_orientation(affine)
+    canonical = np.ascontiguousarray(apply_orientation(data, ornt), dtype=np.float32)
+    canonical_affine = affine @ inv_ornt_aff(ornt, data.shape)
+    header = image.header.copy() if isinstance(image.header, nib.Nifti1Header) else None
+    source = SourceGrid(shape=tuple(int(s) for s in data.shape), affine=affine, ornt=ornt, header=header)
+    return Volume(
+        data=canonical,
+        affine=canonical_affine,
+        source=source,
+        path=None if path is None else Path(path),
+        notes=tuple(notes),
+    )
+
+
+def load_volume(path: str | Path, *, echo: str | int = "rss") -> Volume:
+    """Load a 3-D (or multi-echo 4-D) NIfTI magnitude scan into a RAS-canonical `Volume`.
+
+    ``echo`` for 4-D multi-echo magnitude: ``"rss"`` root-sum-of-squares of all echoes (default:
+    best SNR, T2*-weighting of the later echoes kept), ``"last"``, ``"first"``, or a 0-based index.
+    The choice is recorded in ``Volume.notes``. Raises `InputError` (one line naming the file) for
+    anything that is not a usable magnitude scan.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "is a directory, not a NIfTI file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "file is empty (0 bytes)")
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        raise InputError(path, "not a NIfTI file (expected .nii or .nii.gz)")
+    try:
+        image = nib.load(str(path))
+    except Exception as err:
+        raise InputError(path, f"not a readable NIfTI file ({_short(err)})") from None
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise InputError(path, f"not a NIfTI image ({type(image).__name__})")
+    return volume_from_image(image, path, echo=echo)
+
+
+def write_like_source(volume: Volume, array: np.ndarray, path: str | Path, *, dtype=np.int16) -> Path:
+    """Write an array on the volume's canonical grid as NIfTI in the input file's exact grid.
+
+    Same shape, affine (sform and qform), axis order and signs as the input; written atomically.
+    """
+    data = volume.to_source_array(np.asarray(array)).astype(dtype)
+    header = nib.Nifti1Header()
+    header.set_data_dtype(dtype)
+    image = nib.Nifti1Image(data, volume.source.affine, header)
+    image.set_sform(volume.source.affine, code=1)
+    image.set_qform(volume.source.affine, code=1)
+    image.header.set_xyzt_units("mm")
+    image.header["scl_slope"] = 1.0
+    image.header["scl_inter"] = 0.0
+    return save_image_atomic(image, path)
+
+
+def save_image_atomic(image: nib.Nifti1Image, path: str | Path) -> Path:
+    """Save a NIfTI image through a temp file in the same folder and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def _checked_affine(image: nib.Nifti1Image, name: str, notes: list[str]) -> np.ndarray:
+    header = image.header
+    sform_code = int(header["sform_code"]) if "sform_code" in header else 0
+    qform_code = int(header["qform_code"]) if "qform_code" in header else 0
+    affine = np.asarray(image.affine, dtype=float)
+    if not np.all(np.isfinite(affine)):
+        raise InputError(name, "the affine (voxel-to-world matrix) has non-finite values")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise InputError(name, "singular affine (voxel-to-world matrix has zero volume); cannot place voxels")
+    if sform_code == 0 and qform_code == 0:
+        axcodes = "".join(nib.aff2axcodes(affine))
+        message = (f"header has neither sform nor qform: orientation unknown; using nibabel's default "
+                   f"(voxel sizes only, axes {axcodes})")
+        warnings.warn(f"{name}: {message}", stacklevel=3)
+        notes.append(message)
+    elif sform_code > 0 and qform_code > 0:
+        qform = np.asarray(image.get_qform(), dtype=float)
+        if not np.allclose(qform, affine, atol=1e-3):
+            ident = np.allclose(qform[:3, :3], np.diag(np.diag(qform[:3, :3]))) and np.allclose(qform[:3, 3], 0)
+            kind = "an identity-like qform" if ident else "a qform that differs"
+            message = f"{kind} and the sform disagree; using the sform (nibabel's rule), as most viewers do"
+            warnings.warn(f"{name}: {message}", stacklevel=3)
+            notes.append(message)
+    return affine
+
+
+def _checked_dimensions(data: np.ndarray, name: str) -> np.ndarray:
+    """Drop trailing singleton axes; accept 3-D or multi-echo 4-D (echoes on axis 4) only."""
+    if data.size == 0 or 0 in data.shape:
+        raise InputError(name, f"image has zero size (shape {data.shape})")
+    # NIfTI allows trailing singleton dimensions (x, y, z, 1, 1): drop them.
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim < 3:
+        raise InputError(name, f"{data.ndim}-D image (shape {data.shape}); a 3-D volume is needed")
+    if data.ndim > 4:
+        raise InputError(name, f"{data.ndim}-D image (shape {data.shape}); a 3-D or multi-echo 4-D volume is needed")
+    if data.ndim == 4 and data.shape[3] > MAX_ECHOES:
+        raise InputError(name, f"4-D series with {data.shape[3]} volumes looks like a time series, not "
+                               f"multi-echo magnitude (at most {MAX_ECHOES} echoes); give one 3-D volume")
+    if min(data.shape[:3]) < 2:
+        raise InputError(name, f"image has a single slice (shape {data.shape}); a 3-D volume is needed")
+    return data
+
+
+def _combine_echoes(data: np.ndarray, name: str, echo: str | int, notes: list[str]) -> np.ndarray:
+    n = data.shape[3]
+    if echo == "rss":
+        notes.append(f"multi-echo input ({n} echoes): root-sum-of-squares of all echoes used")
+        return np.sqrt(np.sum(np.square(data, dtype=np.float64), axis=3)).astype(np.float32)
+    if echo == "last":
+        index = n - 1
+    elif echo == "first":
+        index = 0
+    else:
+        try:
+            index = int(echo)
+        except (TypeError, ValueError):
+            raise InputError(name, f"unknown echo choice {echo!r} (use rss, first, last or a 0-based index)") from None
+        if not 0 <= index < n:
+            raise InputError(name, f"echo {index} requested but the series has {n} echoes (0..{n - 1})")
+    notes.append(f"multi-echo input ({n} echoes): echo {index + 1} of {n} used")
+    return np.ascontiguousarray(data[..., index])
+
+
+def _repair_non_finite(data: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
+    bad = ~np.isfinite(data)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return data
+    fraction = n_bad / data.size
+    if fraction > 0.5:
+        raise InputError(name, f"{fraction:.0%} of voxels are NaN or infinite; not a usable scan")
+    data = data.copy()
+    data[bad] = 0.0
+    message = f"{n_bad} NaN/infinite voxels ({fraction:.1%}) set to 0 and treated as background"
+    warnings.warn(f"{name}: {message}", stacklevel=3)
+    notes.append(message)
+    return data
+
+
+def _check_magnitude(data: np.ndarray, name: str) -> None:
+    """Reject images that cannot be magnitude: constant, or phase (values symmetric around zero)."""
+    lo, hi = np.percentile(data, [0.5, 99.5])
+    if not hi > lo:
+        raise InputError(name, "image is constant (all voxels have one value); nothing to detect")
+    if lo < 0 and -lo > 0.5 * hi and np.mean(data < 0) > 0.2:
+        raise InputError(
+            name,
+            f"values are symmetric around zero (0.5th/99.5th percentiles {lo:.3g}/{hi:.3g}): this looks like a "
+            "phase image; cmbdet needs the magnitude (or SWI) image",
+        )
