@@ -1,0 +1,183 @@
+"""`cmbdet` command line: a thin layer over the Python API (`main(argv=None)` for tests)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from cmbdet import __version__
+from cmbdet.errors import InputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    previous = warnings.showwarning
+    warnings.showwarning = _one_line_warning
+    try:
+        return int(args.run(args) or 0)
+    except InputError as err:
+        if args.debug:
+            raise
+        print(f"cmbdet: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cmbdet: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"cmbdet: error: {type(err).__name__}: {err} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        warnings.showwarning = previous
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"cmbdet: warning: {message}", file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser = argparse.ArgumentParser(
+        prog="cmbdet", parents=[common],
+        description="Cerebral microbleed detection in SWI / T2*-GRE MRI (3D CNN candidates + YOLO reclassifier).",
+    )
+    parser.add_argument("--version", action="version", version=f"cmbdet {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser("detect", parents=[common], help="find microbleeds in scans",
+                       description="Find microbleeds in SWI / T2*-GRE scans with the shipped (or given) weights.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help=".nii/.nii.gz files, folders (searched recursively) or text files listing paths")
+    p.add_argument("-o", "--outdir", default="cmbdet_out", help="output folder (default: cmbdet_out)")
+    p.add_argument("--weights", help="weights folder (default: the shipped weights/)")
+    p.add_argument("--no-reclassify", action="store_true", help="run stage 1 (3D CNN) alone")
+    p.add_argument("--threshold", type=float,
+                   help="final score threshold in [0, 1] (default: the operating point stored with the weights; "
+                        "0 keeps every candidate, for an FROC)")
+    p.add_argument("--echo", default="rss",
+                   help="multi-echo 4-D input: rss (root-sum-of-squares, default), first, last or a 0-based index")
+    p.add_argument("--no-pictures", action="store_true", help="skip the review PNGs (faster)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: CUDA when present)")
+    p.set_defaults(run=_detect)
+
+    p = sub.add_parser("phantom", parents=[common], help="write realistic synthetic scans with known CMBs",
+                       description="Write synthetic SWI/GRE scans with ground truth (truth.csv, scanner RAS mm).")
+    p.add_argument("-o", "--outdir", required=True)
+    p.add_argument("-n", type=int, default=4, help="number of subjects (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="coarse, fast volumes (for tests)")
+    p.add_argument("--no-montage", action="store_true", help="skip the slice montages")
+    p.set_defaults(run=_phantom)
+
+    p = sub.add_parser("evaluate", parents=[common], help="score detections against a reference",
+                       description="Lesion-level scoring (VALDO style): sensitivity, precision, F1, FP/subject, FROC.")
+    p.add_argument("--truth", required=True, help="truth.csv (subject, x_mm, y_mm, z_mm, diameter_mm, region)")
+    p.add_argument("--detections", required=True, help="detections.csv from cmbdet detect")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--per-subject", metavar="CSV", help="also write per-subject figures to this CSV")
+    p.add_argument("--score-threshold", type=float, default=0.0, help="ignore detections below this score")
+    p.add_argument("--min-distance-mm", type=float, default=5.0, help="minimum match distance (mm)")
+    p.add_argument("--margin-mm", type=float, default=2.0, help="match distance = max(min, radius + margin)")
+    p.set_defaults(run=_evaluate)
+
+    train = sub.add_parser("train", parents=[common], help="train a stage on labelled scans")
+    train_sub = train.add_subparsers(title="stages", metavar="STAGE")
+    p = train_sub.add_parser("proposer", parents=[common], help="train the stage-1 3D CNN",
+                             description="Train the stage-1 proposer on a phantom/data folder or a manifest.")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="folder(s) with scans + truth.csv (+ mimics.csv), or manifest CSV(s) (subject,image)")
+    p.add_argument("--truth", help="truth CSV for a manifest (default: truth.csv beside it)")
+    p.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors)")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.set_defaults(run=_train_proposer)
+    return parser
+
+
+def _detect(args) -> int:
+    from cmbdet.pipeline import detect_batch, expand_inputs, load_detector
+
+    scans = expand_inputs(args.inputs)
+    if not scans:
+        raise InputError(None, "no input scans found")
+    detector = load_detector(args.weights, reclassify=not args.no_reclassify, threshold=args.threshold,
+                             device=args.device)
+    stages = "stage 1 + stage 2" if detector.reclassifier is not None else "stage 1 only"
+    print(f"cmbdet {__version__}: {len(scans)} scan(s), {stages}, threshold {detector.threshold:.2f}",
+          file=sys.stderr)
+
+    def progress(index: int, total: int, result) -> None:
+        what = f"{result.n_cmb} CMB" if result.status == "ok" else f"ERROR: {result.message}"
+        print(f"[{index}/{total}] {result.subject}: {what} ({result.seconds:.1f} s)", file=sys.stderr)
+
+    results = detect_batch(detector, scans, args.outdir, echo=args.echo, pictures=not args.no_pictures,
+                           progress=progress)
+    width = max(len("subject"), *(len(r.subject) for r in results))
+    print(f"{'subject':<{width}}  {'status':<6} {'n_cmb':>5} {'lobar':>5} {'deep':>5} {'infra':>5}")
+    for r in results:
+        c = r.counts
+        print(f"{r.subject:<{width}}  {r.status:<6} {c.get('n_cmb', ''):>5} {c.get('n_lobar', ''):>5} "
+              f"{c.get('n_deep', ''):>5} {c.get('n_infratentorial', ''):>5}")
+    failed = sum(r.status != "ok" for r in results)
+    print(f"wrote {Path(args.outdir) / 'detections.csv'} and counts.csv; {len(results) - failed} ok, {failed} failed",
+          file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _phantom(args) -> int:
+    from cmbdet.phantom import write_phantom_set
+
+    if args.n < 1:
+        raise InputError(None, "-n must be at least 1")
+    truth = write_phantom_set(args.outdir, args.n, args.seed, tiny=args.tiny, montage=not args.no_montage)
+    print(f"wrote {args.n} phantom scan(s) and {truth}", file=sys.stderr)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from cmbdet.evaluate import evaluate, read_detections, read_truth, write_per_subject_csv
+
+    result = evaluate(read_truth(args.truth), read_detections(args.detections),
+                      score_threshold=args.score_threshold, min_distance_mm=args.min_distance_mm,
+                      margin_mm=args.margin_mm)
+    if args.json:
+        print(result.to_json())
+        for message in result.warnings:
+            print(f"cmbdet: warning: {message}", file=sys.stderr)
+    else:
+        print(result.summary_text())
+    if args.per_subject:
+        write_per_subject_csv(result, args.per_subject)
+    return 0
+
+
+def _train_proposer(args) -> int:
+    import numpy as np
+
+    from cmbdet.proposer.train import prepare_scans, train_proposer
+    from cmbdet.training_data import read_labelled_set
+
+    scans = [s for source in args.data for s in read_labelled_set(source, args.truth)]
+    print(f"preparing {len(scans)} labelled scans ...", file=sys.stderr)
+    prepared = prepare_scans(scans)
+    rng = np.random.default_rng(args.seed)
+    proposer = train_proposer(prepared, rng, steps=args.steps, batch_size=args.batch_size, device=args.device,
+                              log=lambda line: print(line, file=sys.stderr))
+    proposer.metadata.update(seed=args.seed, data=[str(d) for d in args.data])
+    proposer.save(args.output)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

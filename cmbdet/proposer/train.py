@@ -1,0 +1,192 @@
+"""Stage 1 training: patches from labelled scans, heat-map targets, augmentations, seeded.
+
+Targets are Gaussian blobs at the CMB centres (sigma = radius / TARGET_SIGMA_RATIO, at least 1 mm
+sized), so the network's peaks mark centres and their width tells the size. A batch mixes patches
+around CMBs, around known mimics (veins, iron, air-bone dropout: hard negatives) and anywhere in the
+brain. Augmentations model what changes between scanners: contrast, gamma, noise, bias, slice
+thickness and in-plane blur, flips and in-plane axis swaps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nibabel.affines import apply_affine
+from scipy import ndimage
+
+from cmbdet.preprocess import prepare_working_image
+from cmbdet.proposer.infer import DEFAULT_SPACING_MM, TARGET_SIGMA_RATIO, Proposer, new_proposer
+from cmbdet.training_data import LabelledScan
+from cmbdet.volume import load_volume
+
+
+@dataclass
+class PreparedScan:
+    """A labelled scan on the working grid: image (I, J, K) float16, mask bool, points in voxels."""
+
+    subject: str
+    image: np.ndarray
+    mask: np.ndarray
+    cmb_ijk: np.ndarray  # (N, 3) working-grid voxel coordinates
+    cmb_radius_vox: np.ndarray  # (N,)
+    mimic_ijk: np.ndarray  # (M, 3)
+
+
+def prepare_scan(scan: LabelledScan, spacing_mm: float = DEFAULT_SPACING_MM) -> PreparedScan:
+    """Load, resample, mask and normalize one labelled scan; map its points to working voxels."""
+    working = prepare_working_image(load_volume(scan.image_path), spacing_mm)
+    to_vox = np.linalg.inv(working.affine)
+    return PreparedScan(
+        subject=scan.subject,
+        image=working.image.astype(np.float16),
+        mask=working.mask,
+        cmb_ijk=apply_affine(to_vox, scan.cmb_xyz_mm).reshape(-1, 3),
+        cmb_radius_vox=np.asarray(scan.cmb_diameter_mm, dtype=float) / 2.0 / spacing_mm,
+        mimic_ijk=apply_affine(to_vox, scan.mimic_xyz_mm).reshape(-1, 3),
+    )
+
+
+def prepare_scans(
+    scans: list[LabelledScan], spacing_mm: float = DEFAULT_SPACING_MM, *, workers: int = 2
+) -> list[PreparedScan]:
+    """`prepare_scan` over many scans, in ``workers`` processes."""
+    if workers <= 1:
+        return [prepare_scan(s, spacing_mm) for s in scans]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(prepare_scan, scans, [spacing_mm] * len(scans)))
+
+
+def heatmap_target(shape: tuple[int, int, int], centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """(I, J, K) float32 in [0, 1]: max over Gaussian blobs at ``centres`` (voxels), sigma = r / ratio."""
+    target = np.zeros(shape, dtype=np.float32)
+    grid = np.indices(shape, dtype=np.float32)
+    for centre, radius in zip(centres, radii, strict=True):
+        sigma = max(radius / TARGET_SIGMA_RATIO, 0.7)
+        reach = int(np.ceil(3 * sigma))
+        lo = np.maximum(np.floor(centre).astype(int) - reach, 0)
+        hi = np.minimum(np.floor(centre).astype(int) + reach + 2, shape)
+        if np.any(hi <= lo):
+            continue
+        sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        d2 = sum((grid[a][sl] - centre[a]) ** 2 for a in range(3))
+        target[sl] = np.maximum(target[sl], np.exp(-d2 / (2 * sigma**2)))
+    return target
+
+
+def sample_patch(
+    scan: PreparedScan, rng: np.random.Generator, patch: int, kind: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """One (patch, patch, patch) image and target, centred on a CMB, a mimic or any brain voxel."""
+    shape = np.array(scan.image.shape)
+    if kind == "cmb" and len(scan.cmb_ijk):
+        centre = scan.cmb_ijk[rng.integers(len(scan.cmb_ijk))] + rng.uniform(-patch / 3, patch / 3, 3)
+    elif kind == "mimic" and len(scan.mimic_ijk):
+        centre = scan.mimic_ijk[rng.integers(len(scan.mimic_ijk))] + rng.uniform(-patch / 6, patch / 6, 3)
+    else:
+        inside = np.flatnonzero(scan.mask[::2, ::2, ::2])
+        if inside.size:
+            centre = np.array(np.unravel_index(rng.choice(inside), scan.mask[::2, ::2, ::2].shape)) * 2.0
+        else:
+            centre = shape / 2
+    start = np.round(centre - patch / 2).astype(int)
+    image = _crop(scan.image, start, patch).astype(np.float32)
+    near = np.all(np.abs(scan.cmb_ijk - (start + patch / 2)) < patch / 2 + 8, axis=1)
+    target = heatmap_target((patch,) * 3, scan.cmb_ijk[near] - start, scan.cmb_radius_vox[near])
+    return image, target
+
+
+def augment(image: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Scanner-like variation on a normalized patch (brain ~1) and the matching geometric changes."""
+    for axis in range(3):
+        if rng.random() < 0.5:
+            image, target = np.flip(image, axis), np.flip(target, axis)
+    if rng.random() < 0.5:
+        image, target = image.transpose(1, 0, 2), target.transpose(1, 0, 2)
+    image = np.ascontiguousarray(image)
+    if rng.random() < 0.35:  # thicker slices: blur through-plane
+        image = ndimage.gaussian_filter1d(image, rng.uniform(0.4, 1.3), axis=2)
+    if rng.random() < 0.2:  # softer in-plane resolution
+        image = ndimage.gaussian_filter(image, (rng.uniform(0.3, 0.7),) * 2 + (0,))
+    image = np.clip(image, 0, None) ** rng.uniform(0.7, 1.5)
+    image = 1.0 + (image - 1.0) * rng.uniform(0.6, 1.3)
+    grad = rng.uniform(-0.15, 0.15, 3)
+    coords = np.linspace(-0.5, 0.5, image.shape[0], dtype=np.float32)
+    image = image * (1.0 + grad[0] * coords[:, None, None] + grad[1] * coords[None, :, None]
+                     + grad[2] * coords[None, None, :])
+    image = image + rng.normal(0, rng.uniform(0.0, 0.1), image.shape).astype(np.float32)
+    return np.clip(image, 0, 4).astype(np.float32), np.ascontiguousarray(target)
+
+
+def train_proposer(
+    scans: list[PreparedScan],
+    rng: np.random.Generator,
+    *,
+    steps: int = 1500,
+    batch_size: int = 8,
+    patch: int = 48,
+    lr: float = 2e-3,
+    width: int = 8,
+    spacing_mm: float = DEFAULT_SPACING_MM,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Proposer:
+    """Train a new proposer on prepared scans; deterministic for a given ``rng`` state."""
+    if patch % 4:
+        raise ValueError("patch must be a multiple of 4")
+    torch.manual_seed(int(rng.integers(2**31)))
+    proposer = new_proposer(width, spacing_mm, device)
+    net = proposer.net.train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    with_cmb = [s for s in scans if len(s.cmb_ijk)]
+    with_mimic = [s for s in scans if len(s.mimic_ijk)]
+    started, running = time.time(), 0.0
+    for step in range(1, steps + 1):
+        images, targets = [], []
+        for _ in range(batch_size):
+            draw = rng.random()
+            if draw < 0.5 and with_cmb:
+                kind, pool = "cmb", with_cmb
+            elif draw < 0.75 and with_mimic:
+                kind, pool = "mimic", with_mimic
+            else:
+                kind, pool = "brain", scans
+            image, target = augment(*sample_patch(pool[rng.integers(len(pool))], rng, patch, kind), rng)
+            images.append(image)
+            targets.append(target)
+        x = torch.from_numpy(np.stack(images))[:, None].to(proposer.device)
+        y = torch.from_numpy(np.stack(targets))[:, None].to(proposer.device)
+        logits = net(x)
+        weight = 1.0 + 40.0 * y
+        loss = F.binary_cross_entropy_with_logits(logits, y, weight=weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        running = 0.95 * running + 0.05 * float(loss) if step > 1 else float(loss)
+        if step % 50 == 0 or step == steps:
+            log(f"step {step}/{steps}  loss {running:.4f}  {time.time() - started:.0f} s")
+    net.eval()
+    proposer.metadata.update(steps=steps, batch_size=batch_size, patch=patch, lr=lr,
+                             train_subjects=len(scans), train_seconds=round(time.time() - started))
+    return proposer
+
+
+def _crop(array: np.ndarray, start: np.ndarray, size: int) -> np.ndarray:
+    """A (size,)*3 crop starting at ``start`` (may reach outside: zero padded)."""
+    out = np.zeros((size,) * 3, dtype=array.dtype)
+    src_lo = np.maximum(start, 0)
+    src_hi = np.minimum(start + size, array.shape)
+    if np.any(src_hi <= src_lo):
+        return out
+    dst_lo = src_lo - start
+    dst_hi = dst_lo + (src_hi - src_lo)
+    out[dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = \
+        array[src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]]
+    return out

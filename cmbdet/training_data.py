@@ -1,0 +1,103 @@
+"""Labelled scans for training and benchmarking: a phantom/data folder or a manifest CSV.
+
+* A folder: every ``*.nii`` / ``*.nii.gz`` in it is a scan whose subject id is the file name without
+  extension; ``truth.csv`` beside them holds the CMBs (format of ``cmbdet evaluate``: subject,
+  x_mm, y_mm, z_mm, diameter_mm, region; a CMB-free subject has one row with empty coordinates);
+  ``mimics.csv`` (optional: subject, x_mm, y_mm, z_mm, kind) lists known mimics used as hard negatives.
+* A manifest ``.csv`` with columns ``subject, image`` (image paths absolute or relative to the
+  manifest's folder); the truth is ``--truth`` or ``truth.csv`` beside the manifest.
+
+Only subjects that appear in the truth are used: a scan without a truth row has unknown labels.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cmbdet.errors import InputError
+from cmbdet.evaluate import read_truth
+
+
+@dataclass(frozen=True)
+class LabelledScan:
+    """One scan with its reference CMBs (scanner RAS mm) and optional known mimics."""
+
+    subject: str
+    image_path: Path
+    cmb_xyz_mm: np.ndarray  # (N, 3)
+    cmb_diameter_mm: np.ndarray  # (N,)
+    mimic_xyz_mm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # (M, 3)
+
+
+def subject_from_filename(path: str | Path) -> str:
+    """Subject id from a file name: BIDS ``sub-X[_ses-Y]`` entities if present, else the stem."""
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    parts = name.split("_")
+    entities = [p for p in parts if p.startswith(("sub-", "ses-"))]
+    if entities and entities[0].startswith("sub-"):
+        return "_".join(entities)
+    return name
+
+
+def read_labelled_set(source: str | Path, truth: str | Path | None = None) -> list[LabelledScan]:
+    """Read a labelled folder or manifest (see module docstring) into `LabelledScan`s."""
+    source = Path(source)
+    if not source.exists():
+        raise InputError(source, "no such file or folder")
+    if source.is_dir():
+        images = {subject_from_filename(p): p for p in sorted(source.iterdir())
+                  if p.name.lower().endswith((".nii", ".nii.gz")) and not p.name.startswith(".")}
+        folder = source
+    else:
+        images = _read_manifest(source)
+        folder = source.parent
+    truth_path = Path(truth) if truth is not None else folder / "truth.csv"
+    table = read_truth(truth_path)
+    mimics = _read_mimics(folder / "mimics.csv")
+    scans = []
+    for subject in table.subjects:
+        if subject not in images:
+            continue
+        scans.append(LabelledScan(
+            subject=subject,
+            image_path=images[subject],
+            cmb_xyz_mm=table.centres[subject],
+            cmb_diameter_mm=np.nan_to_num(table.diameters[subject], nan=4.0),
+            mimic_xyz_mm=mimics.get(subject, np.zeros((0, 3))),
+        ))
+    if not scans:
+        raise InputError(source, f"no scan matches a subject of {truth_path.name}")
+    return scans
+
+
+def _read_manifest(path: Path) -> dict[str, Path]:
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"subject", "image"} <= set(reader.fieldnames):
+            raise InputError(path, "a manifest needs the columns subject, image")
+        out = {}
+        for row in reader:
+            image = Path(row["image"])
+            out[row["subject"]] = image if image.is_absolute() else path.parent / image
+    return out
+
+
+def _read_mimics(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        return {}
+    points: dict[str, list[list[float]]] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                points.setdefault(row["subject"], []).append([float(row[c]) for c in ("x_mm", "y_mm", "z_mm")])
+            except (KeyError, ValueError):
+                continue
+    return {s: np.asarray(p, dtype=float).reshape(-1, 3) for s, p in points.items()}

@@ -1,0 +1,69 @@
+"""Where the shipped weights live, and safe (code-free) loading and saving of torch weights.
+
+Weights are safetensors files: tensors plus a flat string->string metadata dict. Loading never runs
+code from the file (unlike pickle-based ``.pt``), and nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from cmbdet.errors import InputError
+
+#: The weights shipped with cmbdet (a clone or editable install keeps them beside the package).
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def shipped_weights(name: str) -> Path:
+    """Path of a shipped weights file, e.g. ``shipped_weights("proposer.safetensors")``."""
+    path = SHIPPED_WEIGHTS_DIR / name
+    if not path.exists():
+        raise InputError(path, "shipped weights not found (is this a complete clone of cmbdet?); "
+                               "pass the weights folder explicitly with --weights")
+    return path
+
+
+def save_state(path: str | Path, state: dict[str, torch.Tensor], metadata: dict) -> Path:
+    """Save tensors and JSON-able metadata atomically as safetensors."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        save_file(tensors, tmp, metadata={"cmbdet": json.dumps(metadata)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load tensors (CPU) and the metadata saved by `save_state`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "weights file not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = json.loads((handle.metadata() or {}).get("cmbdet", "{}"))
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(path, f"not a cmbdet weights file ({type(err).__name__}: {err})") from None
+    return state, metadata
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when present, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

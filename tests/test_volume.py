@@ -1,0 +1,193 @@
+"""Orientation, coordinates and bad input for `cmbdet.volume`."""
+
+from __future__ import annotations
+
+import gzip
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.orientations import axcodes2ornt
+
+from cmbdet.errors import InputError
+from cmbdet.volume import load_volume, write_like_source
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "clearswi-small"
+AXCODES = ["LPS", "RAS", "LAS", "RPI", "LPI", "PIR", "ASR", "SLP", "IRA", "RSA"]
+
+
+def _affine_for(axcodes: str, spacing=(0.5, 0.6, 2.0), origin=(-40.0, 30.0, -20.0), rotation_deg=0.0) -> np.ndarray:
+    """A voxel->RAS affine whose array axes point along ``axcodes``, optionally rotated about z and x."""
+    ornt = axcodes2ornt(tuple(axcodes))
+    perm = np.zeros((3, 3))
+    for axis, (world, flip) in enumerate(ornt):
+        perm[int(world), axis] = flip
+    a, b = np.deg2rad(rotation_deg), np.deg2rad(rotation_deg / 2)
+    rot_z = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rot_x = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot_z @ rot_x @ perm @ np.diag(spacing)
+    affine[:3, 3] = origin
+    return affine
+
+
+def _image(shape=(20, 16, 12), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(10, 1000, shape).astype(np.float32)
+
+
+def _save(tmp_path: Path, data: np.ndarray, affine: np.ndarray, name="scan.nii.gz") -> Path:
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+@pytest.mark.parametrize("axcodes", AXCODES)
+@pytest.mark.parametrize("rotation", [0.0, 17.0])
+def test_reorientation_keeps_every_voxel_at_its_world_position(tmp_path, axcodes, rotation):
+    affine = _affine_for(axcodes, rotation_deg=rotation)
+    data = _image()
+    volume = load_volume(_save(tmp_path, data, affine))
+    assert nib.aff2axcodes(volume.affine) == ("R", "A", "S")
+    src_ijk = np.argwhere(np.ones(data.shape, bool))
+    world = nib.affines.apply_affine(affine, src_ijk)
+    can_ijk = np.rint(volume.xyz_mm_to_ijk(world)).astype(int)
+    np.testing.assert_allclose(volume.xyz_mm_to_ijk(world), can_ijk, atol=1e-6)
+    np.testing.assert_array_equal(volume.data[tuple(can_ijk.T)], data[tuple(src_ijk.T)])
+    np.testing.assert_allclose(volume.to_source_ijk(can_ijk), src_ijk, atol=1e-6)
+    # voxel sizes follow the axes: the 2 mm axis is the one pointing S/I
+    slice_axis = [c in "SI" for c in axcodes].index(True)
+    assert volume.spacing_mm[2] == pytest.approx([0.5, 0.6, 2.0][slice_axis])
+
+
+@pytest.mark.parametrize("axcodes", AXCODES)
+def test_label_map_written_back_in_the_exact_input_grid(tmp_path, axcodes):
+    affine = _affine_for(axcodes, rotation_deg=11.0)
+    data = _image()
+    path = _save(tmp_path, data, affine)
+    volume = load_volume(path)
+    out = write_like_source(volume, volume.data, tmp_path / "back.nii.gz", dtype=np.float32)
+    back = nib.load(out)
+    assert back.shape == data.shape
+    np.testing.assert_allclose(back.affine, affine, atol=1e-5)
+    np.testing.assert_allclose(back.get_sform(), affine, atol=1e-5)
+    np.testing.assert_allclose(back.get_qform(), affine, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), data)
+
+
+def test_voxel_to_world_matches_hand_computed_points(tmp_path):
+    # LPS, 0.5 x 0.5 x 2 mm: voxel (i, j, k) -> x = 10 - 0.5 i, y = 20 - 0.5 j, z = -30 + 2 k
+    affine = np.array([[-0.5, 0, 0, 10], [0, -0.5, 0, 20], [0, 0, 2.0, -30], [0, 0, 0, 1]])
+    volume = load_volume(_save(tmp_path, _image((8, 6, 4)), affine))
+    src = np.array([[0, 0, 0], [7, 5, 3], [2, 1, 1]])
+    expected = np.array([[10, 20, -30], [6.5, 17.5, -24], [9, 19.5, -28]])
+    can = volume.xyz_mm_to_ijk(expected)
+    np.testing.assert_allclose(volume.ijk_to_xyz_mm(can), expected)
+    np.testing.assert_allclose(volume.to_source_ijk(can), src, atol=1e-9)
+    # canonical i runs the other way (L->R): source i=7 is canonical i=0
+    np.testing.assert_allclose(can[1], [0, 0, 3])
+
+
+def test_identity_qform_with_real_sform_warns_and_uses_sform(tmp_path):
+    affine = _affine_for("LPS")
+    image = nib.Nifti1Image(_image(), affine)
+    image.set_qform(np.eye(4), code=1)
+    image.set_sform(affine, code=2)
+    path = tmp_path / "trap.nii.gz"
+    nib.save(image, path)
+    with pytest.warns(UserWarning, match="qform"):
+        volume = load_volume(path)
+    np.testing.assert_allclose(volume.source.affine, affine)
+
+
+def test_multi_echo_is_combined_and_said(tmp_path):
+    echoes = np.stack([_image(seed=s) for s in range(3)], axis=3)
+    path = _save(tmp_path, echoes, _affine_for("RAS"))
+    rss = load_volume(path)
+    assert "root-sum-of-squares" in rss.notes[0]
+    last = load_volume(path, echo="last")
+    assert "echo 3 of 3" in last.notes[0]
+    np.testing.assert_allclose(last.data, echoes[..., 2])  # RAS input: canonical == source order
+    np.testing.assert_allclose(rss.data, np.sqrt((echoes.astype(float) ** 2).sum(3)), rtol=1e-5)
+
+
+def test_nan_voxels_are_repaired_with_a_warning(tmp_path):
+    data = _image()
+    data[0, 0, :] = np.nan
+    data[1, 1, 1] = np.inf
+    with pytest.warns(UserWarning, match="NaN"):
+        volume = load_volume(_save(tmp_path, data, np.eye(4)))
+    assert np.all(np.isfinite(volume.data))
+    assert any("NaN" in note for note in volume.notes)
+
+
+def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    good = _save(tmp_path, _image(), np.eye(4), "good.nii.gz")
+    cases = {}
+    cases["missing"] = (tmp_path / "nope.nii.gz", "no such file")
+    folder = tmp_path / "folder.nii.gz"
+    folder.mkdir()
+    cases["directory"] = (folder, "directory")
+    text = tmp_path / "notes.nii"
+    text.write_text("this is not an image\n" * 40)
+    cases["not nifti"] = (text, "not a readable NIfTI")
+    txt = tmp_path / "scan.txt"
+    txt.write_text("x")
+    cases["wrong extension"] = (txt, "not a NIfTI file")
+    empty = tmp_path / "empty.nii.gz"
+    empty.write_bytes(b"")
+    cases["zero bytes"] = (empty, "empty")
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    cases["truncated"] = (truncated, "truncated or corrupt")
+    cases["2-D"] = (_save(tmp_path, _image((20, 16)), np.eye(4), "flat.nii.gz"), "2-D image")
+    cases["5-D"] = (_save(tmp_path, _image((6, 6, 6, 2, 3)), np.eye(4), "five.nii.gz"), "5-D image")
+    cases["time series"] = (_save(tmp_path, _image((6, 6, 6, 40)), np.eye(4), "fmri.nii.gz"), "time series")
+    nan = np.full((8, 8, 8), np.nan, dtype=np.float32)
+    cases["all NaN"] = (_save(tmp_path, nan, np.eye(4), "nan.nii.gz"), "NaN")
+    singular = np.eye(4)
+    singular[2, 2] = 0
+    image = nib.Nifti1Image(_image(), None)
+    image.set_sform(singular, code=1)
+    nib.save(image, tmp_path / "singular.nii.gz")
+    cases["singular"] = (tmp_path / "singular.nii.gz", "singular affine")
+    rng = np.random.default_rng(1)
+    phase = rng.uniform(-np.pi, np.pi, (12, 12, 8)).astype(np.float32)
+    cases["phase"] = (_save(tmp_path, phase, np.eye(4), "phase.nii.gz"), "phase")
+    cases["constant"] = (_save(tmp_path, np.ones((8, 8, 8), np.float32), np.eye(4), "flat3d.nii.gz"), "constant")
+    cases["single slice"] = (_save(tmp_path, _image((20, 16, 1)), np.eye(4), "one.nii.gz"), "single slice")
+    return cases
+
+
+def test_bad_inputs_give_one_line_errors_naming_the_file(tmp_path):
+    for label, (path, problem) in _bad_files(tmp_path).items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(InputError) as info:
+                load_volume(path)
+        message = str(info.value)
+        assert str(path) in message, label
+        assert problem in message, (label, message)
+        assert "\n" not in message, label
+
+
+def test_gzip_of_garbage_is_reported(tmp_path):
+    path = tmp_path / "garbage.nii.gz"
+    path.write_bytes(gzip.compress(b"\x00" * 1000))
+    with pytest.raises(InputError, match="garbage.nii.gz"):
+        load_volume(path)
+
+
+@pytest.mark.skipif(not REALDATA.exists(), reason="shared/realdata not beside the repo")
+def test_real_multi_echo_gre_and_phase_files():
+    mag = load_volume(REALDATA / "Mag.nii")
+    assert mag.shape == (40, 40, 20)
+    assert np.allclose(mag.spacing_mm, [0.46875, 0.46875, 1.0])
+    assert "3 echoes" in mag.notes[0]
+    for name in ("Phase.nii", "phase_with_nan.nii"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(InputError, match="phase image"):
+                load_volume(REALDATA / name)
