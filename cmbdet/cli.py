@@ -98,9 +98,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors)")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="scans held out to measure recall and choose the stage-1-alone threshold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.set_defaults(run=_train_proposer)
+
+    p = train_sub.add_parser("reclassifier", parents=[common], help="train the stage-2 YOLO classifier",
+                             description="Mine stage-1 candidates on labelled scans and train the stage-2 "
+                                         "YOLO classifier (ultralytics, offline) on their 2.5-D patches.")
+    p.add_argument("--data", required=True, nargs="+", help="folder(s) or manifest CSV(s), as for the proposer")
+    p.add_argument("--truth", help="truth CSV for a manifest (default: truth.csv beside it)")
+    p.add_argument("--proposer", help="stage-1 weights used to mine candidates (default: the shipped one)")
+    p.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", help="keep the patch images and ultralytics run here (default: a temp folder)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=_train_reclassifier)
     return parser
 
 
@@ -164,17 +180,45 @@ def _evaluate(args) -> int:
 def _train_proposer(args) -> int:
     import numpy as np
 
-    from cmbdet.proposer.train import prepare_scans, train_proposer
+    from cmbdet.proposer.train import prepare_scans, train_proposer, validate_proposer
     from cmbdet.training_data import read_labelled_set
 
     scans = [s for source in args.data for s in read_labelled_set(source, args.truth)]
-    print(f"preparing {len(scans)} labelled scans ...", file=sys.stderr)
-    prepared = prepare_scans(scans)
     rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(scans))
+    n_val = int(round(args.val_fraction * len(scans))) if len(scans) > 2 else 0
+    val = [scans[i] for i in order[:n_val]]
+    train = [scans[i] for i in order[n_val:]]
+    print(f"preparing {len(train)} training scans ({len(val)} held out for validation) ...", file=sys.stderr)
+    prepared = prepare_scans(train)
     proposer = train_proposer(prepared, rng, steps=args.steps, batch_size=args.batch_size, device=args.device,
                               log=lambda line: print(line, file=sys.stderr))
     proposer.metadata.update(seed=args.seed, data=[str(d) for d in args.data])
+    if val:
+        report = validate_proposer(proposer, val)
+        proposer.metadata.update(report)
+        print("validation: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in report.items()), file=sys.stderr)
     proposer.save(args.output)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _train_reclassifier(args) -> int:
+    import numpy as np
+
+    from cmbdet.proposer.infer import load_proposer
+    from cmbdet.reclassifier.train import train_reclassifier
+    from cmbdet.training_data import read_labelled_set
+
+    scans = [s for source in args.data for s in read_labelled_set(source, args.truth)]
+    proposer = load_proposer(args.proposer)
+    rng = np.random.default_rng(args.seed)
+    reclassifier = train_reclassifier(scans, proposer, rng, epochs=args.epochs, batch=args.batch_size,
+                                      workdir=Path(args.workdir) if args.workdir else None, device=args.device,
+                                      log=lambda line: print(line, file=sys.stderr))
+    reclassifier.metadata.update(seed=args.seed, data=[str(d) for d in args.data])
+    reclassifier.save(args.output)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

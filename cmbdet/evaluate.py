@@ -67,7 +67,9 @@ __all__ = [
     "DetectionTable",
     "Evaluation",
     "TruthTable",
+    "best_f1_threshold",
     "evaluate",
+    "match_detections",
     "read_detections",
     "read_truth",
     "write_per_subject_csv",
@@ -351,6 +353,25 @@ def _greedy_tp(pairs: Sequence[tuple[int, int, float]], threshold: float) -> int
     return len(used_t)
 
 
+def match_detections(truth_xyz_mm: np.ndarray, truth_diameter_mm: np.ndarray, det_xyz_mm: np.ndarray,
+                     det_score: np.ndarray, *, min_distance_mm: float = 5.0, margin_mm: float = 2.0) -> np.ndarray:
+    """(D,) int: index of the truth lesion each detection matches under the scoring rules, -1 if none.
+
+    One scan; the same one-to-one, closest-first rule as `evaluate` (used to label training candidates).
+    """
+    truth_xyz_mm = np.asarray(truth_xyz_mm, dtype=float).reshape(-1, 3)
+    det_xyz_mm = np.asarray(det_xyz_mm, dtype=float).reshape(-1, 3)
+    diameter = np.nan_to_num(np.asarray(truth_diameter_mm, dtype=float).reshape(-1), nan=0.0)
+    radius = np.maximum(min_distance_mm, diameter / 2.0 + margin_mm)
+    matched = np.full(len(det_xyz_mm), -1, dtype=int)
+    used_t: set[int] = set()
+    for t, d, _ in _candidate_pairs(truth_xyz_mm, radius, det_xyz_mm, np.asarray(det_score, dtype=float)):
+        if t not in used_t and matched[d] < 0:
+            used_t.add(t)
+            matched[d] = t
+    return matched
+
+
 def _ratio(num: float, den: float) -> float:
     return num / den if den else _NAN
 
@@ -549,6 +570,24 @@ def evaluate(truth: TruthTable | Iterable[Mapping[str, Any]],
                 "margin_mm": float(margin_mm)}
     return Evaluation(pooled=pooled, per_subject=per_subject, froc=froc, warnings=warnings,
                       settings=settings)
+
+
+def best_f1_threshold(truth: TruthTable | Iterable[Mapping[str, Any]],
+                      detections: DetectionTable | Iterable[Mapping[str, Any]],
+                      thresholds: Sequence[float] = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2)),
+                      ) -> tuple[float, dict[str, Any]]:
+    """The score threshold (from ``thresholds``) with the highest pooled F1, and its pooled figures.
+
+    Ties go to the lower threshold (higher sensitivity).
+    """
+    truth, detections = _as_truth(truth), _as_detections(detections)
+    best_f1, best = -1.0, (float(thresholds[0]), {})
+    for threshold in thresholds:
+        pooled = evaluate(truth, detections, score_threshold=float(threshold)).pooled
+        f1 = 0.0 if math.isnan(pooled["f1"]) else pooled["f1"]
+        if f1 > best_f1:
+            best_f1, best = f1, (float(threshold), pooled)
+    return best
 
 
 def _froc(events: dict[float, list[int]], n_lesions: int, n_subjects: int) -> dict[str, Any]:

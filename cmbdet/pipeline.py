@@ -78,7 +78,7 @@ def load_detector(
     proposer = load_proposer(folder / "proposer.safetensors", device=device)
     reclassifier = None
     stored = proposer.metadata.get("threshold", DEFAULT_THRESHOLD)
-    reclassifier_path = folder / "reclassifier.pt"
+    reclassifier_path = folder / "reclassifier.safetensors"
     if reclassify and reclassifier_path.exists():
         from cmbdet.reclassifier.infer import load_reclassifier
 

@@ -285,9 +285,9 @@ def _repair_non_finite(data: np.ndarray, name: str, notes: list[str]) -> np.ndar
 
 def _check_magnitude(data: np.ndarray, name: str) -> None:
     """Reject images that cannot be magnitude: constant, or phase (values symmetric around zero)."""
-    lo, hi = np.percentile(data, [0.5, 99.5])
-    if not hi > lo:
+    if not data.max() > data.min():
         raise InputError(name, "image is constant (all voxels have one value); nothing to detect")
+    lo, hi = np.percentile(data, [0.5, 99.5])
     if lo < 0 and -lo > 0.5 * hi and np.mean(data < 0) > 0.2:
         raise InputError(
             name,

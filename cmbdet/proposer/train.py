@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from nibabel.affines import apply_affine
 from scipy import ndimage
 
+from cmbdet.evaluate import best_f1_threshold, evaluate
 from cmbdet.preprocess import prepare_working_image
-from cmbdet.proposer.infer import DEFAULT_SPACING_MM, TARGET_SIGMA_RATIO, Proposer, new_proposer
+from cmbdet.proposer.infer import DEFAULT_SPACING_MM, TARGET_SIGMA_RATIO, Proposer, new_proposer, propose_candidates
 from cmbdet.training_data import LabelledScan
 from cmbdet.volume import load_volume
 
@@ -190,3 +191,24 @@ def _crop(array: np.ndarray, start: np.ndarray, size: int) -> np.ndarray:
     out[dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = \
         array[src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]]
     return out
+
+
+def validate_proposer(proposer: Proposer, scans: list[LabelledScan], *, max_candidates: int = 30) -> dict:
+    """Stage 1 on held-out scans: recall with ``max_candidates`` per scan, candidates per scan, and the
+    stage-1-alone operating threshold (best lesion-level F1). Stored in the weights' metadata."""
+    truth_rows, candidate_rows, n_candidates = [], [], []
+    for scan in scans:
+        candidates = propose_candidates(load_volume(scan.image_path), proposer, max_candidates=max_candidates)
+        n_candidates.append(len(candidates))
+        candidate_rows += [{"subject": scan.subject, "x_mm": p[0], "y_mm": p[1], "z_mm": p[2], "score": s}
+                           for p, s in zip(candidates.xyz_mm, candidates.score, strict=True)]
+        truth_rows += [{"subject": scan.subject, "x_mm": p[0], "y_mm": p[1], "z_mm": p[2], "diameter_mm": d}
+                       for p, d in zip(scan.cmb_xyz_mm, scan.cmb_diameter_mm, strict=True)]
+        if len(scan.cmb_xyz_mm) == 0:
+            truth_rows.append({"subject": scan.subject, "x_mm": "", "y_mm": "", "z_mm": ""})
+    recall = evaluate(truth_rows, candidate_rows).pooled["sensitivity"]
+    threshold, pooled = best_f1_threshold(truth_rows, candidate_rows)
+    return {"val_scans": len(scans), "val_recall_at_max_candidates": recall, "max_candidates": max_candidates,
+            "val_candidates_per_scan": float(np.mean(n_candidates)) if n_candidates else 0.0,
+            "threshold": threshold, "val_sensitivity": pooled.get("sensitivity"),
+            "val_fp_per_subject": pooled.get("fp_per_subject"), "val_f1": pooled.get("f1")}

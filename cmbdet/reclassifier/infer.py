@@ -1,0 +1,95 @@
+"""Stage 2 at inference: score each stage-1 candidate's 2.5-D patch with the YOLO classifier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmbdet.detections import Detections
+from cmbdet.reclassifier.patches import FOV_MM, PATCH_PIXELS, extract_patches
+from cmbdet.reclassifier.yolo import classifier_from_state
+from cmbdet.volume import Volume
+from cmbdet.weights import load_state, pick_device, save_state
+
+#: Class folder names used in training; ultralytics orders classes alphabetically.
+CLASS_NAMES = ("cmb", "mimic")
+
+
+@dataclass
+class Reclassifier:
+    """A loaded stage-2 model: the YOLO classifier, its patch geometry and operating threshold."""
+
+    net: nn.Module
+    yaml: dict
+    threshold: float = 0.5
+    fov_mm: float = FOV_MM
+    size: int = PATCH_PIXELS
+    class_names: tuple[str, ...] = CLASS_NAMES
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    metadata: dict = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        meta = dict(self.metadata, kind="reclassifier", yaml=self.yaml, threshold=self.threshold,
+                    fov_mm=self.fov_mm, size=self.size, class_names=list(self.class_names))
+        return save_state(path, self.net.state_dict(), meta)
+
+
+def load_reclassifier(path: str | Path, *, device: str | None = None) -> Reclassifier:
+    state, meta = load_state(path)
+    names = tuple(meta.get("class_names", CLASS_NAMES))
+    net = classifier_from_state(state, meta["yaml"], nc=len(names))
+    dev = pick_device(device)
+    return Reclassifier(net=net.to(dev), yaml=meta["yaml"], threshold=float(meta.get("threshold", 0.5)),
+                        fov_mm=float(meta.get("fov_mm", FOV_MM)), size=int(meta.get("size", PATCH_PIXELS)),
+                        class_names=names, device=dev, metadata=meta)
+
+
+def patch_tensor(patches: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 patches -> (N, 3, H, W) float in [0, 1], as ultralytics' trainer sees them.
+
+    The trainer reads the PNG written from the patch array with OpenCV (BGR order) and converts it to
+    RGB, so channel order is reversed relative to the array; this reproduces exactly that.
+    """
+    array = np.ascontiguousarray(patches[..., ::-1].transpose(0, 3, 1, 2))
+    return torch.from_numpy(array).float() / 255.0
+
+
+def cmb_probability(reclassifier: Reclassifier, patches: np.ndarray, *, flips: bool = True) -> np.ndarray:
+    """(N,) probability that each patch shows a microbleed (mean over flipped views if ``flips``)."""
+    if len(patches) == 0:
+        return np.zeros(0)
+    x = patch_tensor(patches).to(reclassifier.device)
+    views = [x, x.flip(-1), x.flip(-2), x.flip(-1, -2)] if flips else [x]
+    index = reclassifier.class_names.index("cmb")
+    reclassifier.net.eval()
+    with torch.inference_mode():
+        probs = [_softmax_out(reclassifier.net(v))[:, index] for v in views]
+    return torch.stack(probs).mean(0).cpu().numpy().astype(float)
+
+
+def reclassify(volume: Volume, candidates: Detections, reclassifier: Reclassifier) -> Detections:
+    """Stage 2: candidates with ``stage2`` scores; the final ``score`` is the stage-2 probability."""
+    if len(candidates) == 0:
+        return candidates
+    patches = extract_patches(volume, candidates.xyz_mm, fov_mm=reclassifier.fov_mm, size=reclassifier.size)
+    stage2 = cmb_probability(reclassifier, patches)
+    return Detections(
+        xyz_mm=candidates.xyz_mm,
+        score=stage2,
+        diameter_mm=candidates.diameter_mm,
+        region=candidates.region,
+        stage_scores={**candidates.stage_scores, "stage2": stage2},
+    )
+
+
+def _softmax_out(output) -> torch.Tensor:
+    # ultralytics' Classify head returns softmax probabilities in eval mode (a tuple in some versions).
+    if isinstance(output, tuple | list):
+        output = output[0]
+    if output.min() < 0 or not torch.allclose(output.sum(1), torch.ones(len(output)), atol=1e-3):
+        output = output.softmax(1)
+    return output
