@@ -43,12 +43,15 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def _parser() -> argparse.ArgumentParser:
+    # --debug works before or after the command; SUPPRESS keeps a subcommand from resetting it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors")
     parser = argparse.ArgumentParser(
-        prog="cmbdet", parents=[common],
+        prog="cmbdet",
         description="Cerebral microbleed detection in SWI / T2*-GRE MRI (3D CNN candidates + YOLO reclassifier).",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     parser.add_argument("--version", action="version", version=f"cmbdet {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
