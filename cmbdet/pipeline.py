@@ -30,6 +30,7 @@ from cmbdet.outputs import (
     write_review_picture,
     write_text_atomic,
 )
+from cmbdet.preprocess import prepare_working_image
 from cmbdet.proposer.infer import Proposer, load_proposer, propose_candidates
 from cmbdet.regions import assign_regions
 from cmbdet.training_data import subject_from_filename
@@ -51,13 +52,14 @@ class Detector:
 
     def detect(self, volume: Volume) -> Detections:
         """Microbleeds in one scan, highest score first; positions in scanner RAS mm."""
-        found = propose_candidates(volume, self.proposer, max_candidates=self.max_candidates)
+        working = prepare_working_image(volume, self.proposer.spacing_mm)
+        found = propose_candidates(working, self.proposer, max_candidates=self.max_candidates)
         if self.reclassifier is not None:
             from cmbdet.reclassifier.infer import reclassify
 
             found = reclassify(volume, found, self.reclassifier)
         found = found.subset(found.score >= self.threshold).sorted_by_score()
-        return assign_regions(volume, found)
+        return assign_regions(found, working.mask, working.affine)
 
 
 def load_detector(

@@ -71,29 +71,28 @@ def resample_to_spacing(
     return out[0, 0].numpy(), new_affine
 
 
-def brain_mask(image: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
+def brain_mask(image: np.ndarray, spacing_mm: np.ndarray, *, erosion_mm: float = 5.0) -> np.ndarray:
     """A brain mask for SWI / T2*-GRE magnitude, (I, J, K) bool, same grid as ``image``.
 
-    Head = smoothed intensity above an Otsu threshold; the brain is then cut from scalp and neck by an
-    erosion of 4 mm (the skull is dark on SWI/GRE, so scalp and brain meet only through thin bridges),
-    the largest component kept, grown back by the same distance, and holes filled (dark CMBs, veins
-    and susceptibility voids inside the brain stay in the mask).
+    Tissue = smoothed intensity above 0.6 x an Otsu threshold. The skull is dark on SWI/GRE, so scalp,
+    orbits and brain meet only through thin bridges: an erosion by ``erosion_mm`` cuts them, the
+    largest remaining component is the brain core, which is grown back *through tissue only*
+    (geodesic dilation: it never jumps a dark gap into scalp or eyes), and holes are filled (dark
+    CMBs, veins and susceptibility voids inside the brain stay in the mask).
     """
     spacing_mm = np.asarray(spacing_mm, dtype=float)
     smooth = ndimage.gaussian_filter(image.astype(np.float32), sigma=1.0 / spacing_mm)
     values = smooth[smooth > 0]
     if values.size < 10:
         return np.zeros(image.shape, dtype=bool)
-    threshold = _otsu(values)
-    head = smooth > 0.6 * threshold
-    head = ndimage.binary_fill_holes(head)
-    if not head.any():
-        return head
-    erosion_mm = min(4.0, 0.15 * float(np.min(np.array(image.shape) * spacing_mm)))
-    inside = ndimage.distance_transform_edt(head, sampling=spacing_mm) > erosion_mm
-    core = _largest_component(inside) if inside.any() else _largest_component(head)
-    grown = ndimage.distance_transform_edt(~core, sampling=spacing_mm) <= erosion_mm
-    mask = grown & head
+    tissue = smooth > 0.6 * _otsu(values)
+    if not tissue.any():
+        return tissue
+    erosion_mm = min(erosion_mm, 0.15 * float(np.min(np.array(image.shape) * spacing_mm)))
+    inside = ndimage.distance_transform_edt(tissue, sampling=spacing_mm) > erosion_mm
+    core = _largest_component(inside) if inside.any() else _largest_component(tissue)
+    steps = int(np.ceil(erosion_mm / spacing_mm.min())) + 1
+    mask = ndimage.binary_dilation(core, iterations=steps, mask=tissue)
     mask = ndimage.binary_fill_holes(mask)
     for k in range(mask.shape[2]):  # axial hole filling catches voids open at the top or bottom
         mask[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])

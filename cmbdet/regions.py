@@ -18,8 +18,6 @@ from scipy import ndimage
 
 from cmbdet.anatomy import mni_region_map, mni_template
 from cmbdet.detections import Detections
-from cmbdet.preprocess import MASK_SPACING_MM, brain_mask, resample_to_spacing
-from cmbdet.volume import Volume
 
 REGION_NAMES = {1: "lobar", 2: "deep", 3: "infratentorial"}
 #: Height (mm) of the top part of the brain whose extent fixes the in-plane scaling.
@@ -47,14 +45,14 @@ def _brain_frame(points_mm: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     return top, upper[:, :2].mean(axis=0), upper[:, :2].std(axis=0)
 
 
-def subject_to_mni(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """(scale (3,), offset (3,)) with ``mni_mm = scale * xyz_mm + offset`` for this scan's brain."""
-    coarse, affine = resample_to_spacing(volume.data, volume.affine, MASK_SPACING_MM)
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    mask = brain_mask(coarse, spacing)
-    if mask.sum() < 50:
+def subject_to_mni(mask: np.ndarray, mask_affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scale (3,), offset (3,)) with ``mni_mm = scale * xyz_mm + offset``, from a brain mask
+    (I, J, K) bool and its voxel -> scanner RAS mm affine."""
+    step = max(1, int(round(2.0 / float(np.sqrt((mask_affine[:3, :3] ** 2).sum(axis=0)).min()))))
+    points = np.argwhere(mask[::step, ::step, ::step]) * step
+    if len(points) < 50:
         return np.ones(3), np.zeros(3)
-    top, centre, spread = _brain_frame(apply_affine(affine, np.argwhere(mask)))
+    top, centre, spread = _brain_frame(apply_affine(mask_affine, points))
     mni_top, mni_centre, mni_spread = _mni_reference()
     scale_xy = np.clip(mni_spread / np.maximum(spread, 1e-3), 0.6, 1.6)
     scale = np.array([scale_xy[0], scale_xy[1], scale_xy.mean()])
@@ -63,11 +61,12 @@ def subject_to_mni(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     return scale, offset
 
 
-def assign_regions(volume: Volume, detections: Detections) -> Detections:
-    """The detections with ``region`` set to 'lobar', 'deep' or 'infratentorial'."""
+def assign_regions(detections: Detections, mask: np.ndarray, mask_affine: np.ndarray) -> Detections:
+    """The detections with ``region`` set to 'lobar', 'deep' or 'infratentorial', given the scan's
+    brain mask (I, J, K) bool and its voxel -> scanner RAS mm affine."""
     if len(detections) == 0:
         return detections
-    scale, offset = subject_to_mni(volume)
+    scale, offset = subject_to_mni(mask, mask_affine)
     labels, affine = _nearest_region_map()
     mni = detections.xyz_mm * scale + offset
     ijk = np.rint(apply_affine(np.linalg.inv(affine), mni)).astype(int)

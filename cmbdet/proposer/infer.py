@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from nibabel.affines import apply_affine
 from scipy import ndimage
 
@@ -72,10 +71,10 @@ def likelihood_map(working: WorkingImage, proposer: Proposer) -> np.ndarray:
     crop = working.image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     pad = [(0, (-s) % 4) for s in crop.shape]
     padded = np.pad(crop, pad, mode="constant")
-    proposer.net.eval()
+    net = proposer.net.eval().to(memory_format=torch.channels_last_3d)  # ~2x faster 3-D convs on CPU
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(proposer.device)
-        out = torch.sigmoid(proposer.net(x))[0, 0].cpu().numpy()
+        out = torch.sigmoid(net(x.to(memory_format=torch.channels_last_3d)))[0, 0].float().cpu().numpy()
     prob[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = out[: crop.shape[0], : crop.shape[1], : crop.shape[2]]
     near_brain = ndimage.distance_transform_edt(~working.mask, sampling=working.spacing_mm) <= MASK_MARGIN_MM
     return prob * near_brain
@@ -91,13 +90,16 @@ def peaks_to_candidates(
     """
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     size = np.maximum(np.round(min_separation_mm / spacing).astype(int) * 2 + 1, 3)
-    tensor = torch.from_numpy(prob)[None, None]
-    pooled = F.max_pool3d(tensor, kernel_size=tuple(int(s) for s in size), stride=1,
-                          padding=tuple(int(s) // 2 for s in size))[0, 0].numpy()
-    is_peak = (prob >= pooled) & (prob >= min_score)
-    ijk = np.argwhere(is_peak)
-    if len(ijk) == 0:
+    above = prob >= min_score
+    if not above.any():
         return Detections.empty()
+    # Only the box holding above-threshold voxels (plus the filter reach) needs the maximum filter.
+    nz = np.nonzero(above)
+    lo = [max(int(a.min()) - int(s), 0) for a, s in zip(nz, size, strict=True)]
+    hi = [min(int(a.max()) + int(s) + 1, n) for a, s, n in zip(nz, size, prob.shape, strict=True)]
+    box = prob[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    local_max = ndimage.maximum_filter(box, size=tuple(int(s) for s in size), mode="constant", cval=0.0)
+    ijk = np.argwhere((box >= local_max) & (box >= min_score)) + np.array(lo)
     scores = prob[tuple(ijk.T)]
     order = np.argsort(-scores, kind="stable")[: max_candidates * 2]
     ijk, scores = ijk[order], scores[order]
@@ -120,10 +122,13 @@ def peaks_to_candidates(
 
 
 def propose_candidates(
-    volume: Volume, proposer: Proposer, *, max_candidates: int = 30, min_score: float = 0.05
+    volume: Volume | WorkingImage, proposer: Proposer, *, max_candidates: int = 30, min_score: float = 0.05
 ) -> Detections:
-    """Stage 1: up to ``max_candidates`` CMB candidates, highest likelihood first (scanner RAS mm)."""
-    working = prepare_working_image(volume, proposer.spacing_mm)
+    """Stage 1: up to ``max_candidates`` CMB candidates, highest likelihood first (scanner RAS mm).
+
+    Takes a `Volume`, or a `WorkingImage` already prepared at ``proposer.spacing_mm``.
+    """
+    working = volume if isinstance(volume, WorkingImage) else prepare_working_image(volume, proposer.spacing_mm)
     prob = likelihood_map(working, proposer)
     return peaks_to_candidates(prob, working.affine, max_candidates=max_candidates, min_score=min_score)
 

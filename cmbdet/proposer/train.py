@@ -170,7 +170,8 @@ def train_proposer(
         loss.backward()
         optimizer.step()
         schedule.step()
-        running = 0.95 * running + 0.05 * float(loss) if step > 1 else float(loss)
+        value = float(loss.detach())
+        running = 0.95 * running + 0.05 * value if step > 1 else value
         if step % 50 == 0 or step == steps:
             log(f"step {step}/{steps}  loss {running:.4f}  {time.time() - started:.0f} s")
     net.eval()
