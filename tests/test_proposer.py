@@ -1,0 +1,86 @@
+"""Stage 1: working grid, likelihood peaks -> world coordinates, targets, seeded training."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from cmbdet.preprocess import brain_mask, prepare_working_image, resample_to_spacing
+from cmbdet.proposer.infer import peaks_to_candidates
+from cmbdet.proposer.train import PreparedScan, heatmap_target, train_proposer
+from cmbdet.volume import volume_from_image
+from tests.conftest import ellipsoid_head
+
+
+def test_resampling_keeps_world_positions():
+    affine = np.array([[0.45, 0, 0, -50], [0, 0.45, 0, -60], [0, 0, 3.0, -20], [0, 0, 0, 1]])
+    data = np.zeros((200, 220, 20), np.float32)
+    data[100, 110, 10] = 1000.0  # a point at world (-5, -10.5, 10)
+    out, new_affine = resample_to_spacing(data, affine, 1.0)
+    peak = np.unravel_index(np.argmax(out), out.shape)
+    world = nib.affines.apply_affine(new_affine, peak)
+    np.testing.assert_allclose(world, [-5, -10.5, 10], atol=1.0)
+    corners = [[0, 0, 0], np.array(data.shape) - 1]
+    new_corners = [[0, 0, 0], np.array(out.shape) - 1]
+    np.testing.assert_allclose(nib.affines.apply_affine(affine, corners),
+                               nib.affines.apply_affine(new_affine, new_corners), atol=1e-6)
+
+
+def test_peaks_become_candidates_at_their_world_position_with_size():
+    affine = np.array([[-1.0, 0, 0, 40], [0, 1.0, 0, -30], [0, 0, 1.0, -10], [0, 0, 0, 1]])
+    prob = np.zeros((40, 40, 30), np.float32)
+    prob += heatmap_target(prob.shape, np.array([[10.0, 12.0, 8.0], [30.0, 25.0, 20.0]]), np.array([1.5, 3.0]))
+    found = peaks_to_candidates(prob, affine, max_candidates=10, min_score=0.1)
+    assert len(found) == 2
+    expected = nib.affines.apply_affine(affine, [[10, 12, 8], [30, 25, 20]])
+    order = np.argsort(found.xyz_mm[:, 0])[::-1]
+    np.testing.assert_allclose(found.xyz_mm[order], expected, atol=0.3)
+    assert found.diameter_mm[order][1] > found.diameter_mm[order][0]  # the 3-voxel-radius blob is larger
+    assert np.all(found.stage_scores["stage1"] == found.score)
+
+
+def test_brain_mask_excludes_scalp_and_keeps_dark_spots():
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-96, -112, -66]
+    head = ellipsoid_head(affine, shape=(96, 112, 66))
+    mask = brain_mask(head, np.array([2.0, 2.0, 2.0]))
+    world = nib.affines.apply_affine(affine, np.argwhere(np.ones(head.shape, bool)))
+    r = np.sqrt((world[:, 0] / 60) ** 2 + (world[:, 1] / 75) ** 2 + (world[:, 2] / 55) ** 2).reshape(head.shape)
+    assert mask[r < 0.75].mean() > 0.99, "brain inside"
+    assert mask[r > 0.93].mean() < 0.01, "no skull or scalp"
+    spot = np.rint(nib.affines.apply_affine(np.linalg.inv(affine), [10, 5, 2])).astype(int)
+    assert mask[tuple(spot)], "a dark CMB-like spot inside the brain stays in the mask"
+
+
+def test_working_image_is_normalized_whatever_the_scale():
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    affine[:3, 3] = [-96, -112, -66]
+    head = ellipsoid_head(affine, shape=(128, 150, 44))
+    medians = []
+    for scale in (1e-4, 1.0, 4095 / head.max()):
+        working = prepare_working_image(volume_from_image(nib.Nifti1Image(head * scale, affine)), 1.0)
+        medians.append(float(np.median(working.image[working.mask])))
+    np.testing.assert_allclose(medians, 1.0, atol=0.1)
+
+
+def _toy_scans(rng: np.random.Generator) -> list[PreparedScan]:
+    scans = []
+    for n in range(2):
+        image = np.clip(rng.normal(1.0, 0.05, (48, 48, 48)), 0, None).astype(np.float16)
+        centres = np.array([[20.0, 24.0, 24.0], [30.0, 10.0, 35.0]])
+        image[tuple(np.rint(centres).astype(int).T)] = 0.1
+        scans.append(PreparedScan(f"s{n}", image, np.ones(image.shape, bool), centres, np.array([1.5, 2.0]),
+                                  np.array([[10.0, 10.0, 10.0]])))
+    return scans
+
+
+def test_training_is_reproducible_for_a_seed():
+    scans = _toy_scans(np.random.default_rng(0))
+    first = train_proposer(scans, np.random.default_rng(7), steps=3, batch_size=2, patch=32, width=4, log=lambda _: 0)
+    second = train_proposer(scans, np.random.default_rng(7), steps=3, batch_size=2, patch=32, width=4,
+                            log=lambda _: 0)
+    for (name, a), b in zip(first.net.state_dict().items(), second.net.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    third = train_proposer(scans, np.random.default_rng(8), steps=3, batch_size=2, patch=32, width=4, log=lambda _: 0)
+    assert not torch.equal(first.net.head.weight, third.net.head.weight)
