@@ -101,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors)")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--spacing-mm", type=float, default=1.0, help="working grid of the network (mm, isotropic)")
     p.add_argument("--val-fraction", type=float, default=0.15,
                    help="scans held out to measure recall and choose the stage-1-alone threshold")
     p.add_argument("--seed", type=int, default=0)
@@ -193,9 +194,9 @@ def _train_proposer(args) -> int:
     val = [scans[i] for i in order[:n_val]]
     train = [scans[i] for i in order[n_val:]]
     print(f"preparing {len(train)} training scans ({len(val)} held out for validation) ...", file=sys.stderr)
-    prepared = prepare_scans(train)
+    prepared = prepare_scans(train, args.spacing_mm)
     proposer = train_proposer(prepared, rng, steps=args.steps, batch_size=args.batch_size, device=args.device,
-                              log=lambda line: print(line, file=sys.stderr))
+                              spacing_mm=args.spacing_mm, log=lambda line: print(line, file=sys.stderr))
     proposer.metadata.update(seed=args.seed, data=[str(d) for d in args.data])
     if val:
         report = validate_proposer(proposer, val)

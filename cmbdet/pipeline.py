@@ -39,6 +39,8 @@ from cmbdet.weights import SHIPPED_WEIGHTS_DIR
 
 #: Final-score threshold used when the weights do not carry one.
 DEFAULT_THRESHOLD = 0.5
+#: Stage-1 likelihood below which a peak is not a candidate (unless the final threshold is lower).
+MIN_CANDIDATE_SCORE = 0.05
 
 
 @dataclass
@@ -53,7 +55,9 @@ class Detector:
     def detect(self, volume: Volume) -> Detections:
         """Microbleeds in one scan, highest score first; positions in scanner RAS mm."""
         working = prepare_working_image(volume, self.proposer.spacing_mm)
-        found = propose_candidates(working, self.proposer, max_candidates=self.max_candidates)
+        # A threshold under the usual stage-1 floor (0 for an FROC) keeps weaker candidates too.
+        found = propose_candidates(working, self.proposer, max_candidates=self.max_candidates,
+                                   min_score=min(MIN_CANDIDATE_SCORE, self.threshold))
         if self.reclassifier is not None:
             from cmbdet.reclassifier.infer import reclassify
 

@@ -75,9 +75,11 @@ def likelihood_map(working: WorkingImage, proposer: Proposer) -> np.ndarray:
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(proposer.device)
         out = torch.sigmoid(net(x.to(memory_format=torch.channels_last_3d)))[0, 0].float().cpu().numpy()
-    prob[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = out[: crop.shape[0], : crop.shape[1], : crop.shape[2]]
-    near_brain = ndimage.distance_transform_edt(~working.mask, sampling=working.spacing_mm) <= MASK_MARGIN_MM
-    return prob * near_brain
+    reach = np.maximum(np.round(MASK_MARGIN_MM / working.spacing_mm).astype(int), 0) * 2 + 1
+    box = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+    near_brain = ndimage.maximum_filter(working.mask[box].astype(np.uint8), size=tuple(int(r) for r in reach))
+    prob[box] = out[: crop.shape[0], : crop.shape[1], : crop.shape[2]] * near_brain
+    return prob
 
 
 def peaks_to_candidates(
