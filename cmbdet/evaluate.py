@@ -48,10 +48,9 @@ Scoring
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +58,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cmbdet.atomic import write_text_atomic
 from cmbdet.errors import InputError
 
 __all__ = [
@@ -628,20 +628,15 @@ def write_per_subject_csv(evaluation: Evaluation, path: str | Path) -> None:
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(path, "output folder does not exist")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(PER_SUBJECT_COLUMNS)
+    for row in evaluation.per_subject:
+        writer.writerow([_cell(row.get(c, "")) for c in PER_SUBJECT_COLUMNS])
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+        write_text_atomic(p, buffer.getvalue())
     except OSError as e:
         raise InputError(path, f"cannot write ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(PER_SUBJECT_COLUMNS)
-            for row in evaluation.per_subject:
-                writer.writerow([_cell(row.get(c, "")) for c in PER_SUBJECT_COLUMNS])
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _cell(value: Any) -> str:

@@ -9,34 +9,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from cmbdet.atomic import atomic_path, write_text_atomic
 from cmbdet.detections import Detections
 from cmbdet.volume import Volume, write_like_source
 
 REGIONS = ("lobar", "deep", "infratentorial")
 DETECTION_COLUMNS = ("subject", "x_mm", "y_mm", "z_mm", "i", "j", "k", "score", "diameter_mm", "region")
 COUNT_COLUMNS = ("subject", "n_cmb", *(f"n_{r}" for r in REGIONS), "status", "message", "input")
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write text through a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_csv_atomic(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
@@ -171,13 +155,6 @@ def write_review_picture(volume: Volume, detections: Detections, subject: str, p
                      f"({shown.xyz_mm[n, 0]:.0f}, {shown.xyz_mm[n, 1]:.0f}, {shown.xyz_mm[n, 2]:.0f}) mm RAS",
                      fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return Path(path)

@@ -13,8 +13,6 @@ World coordinates are scanner RAS+ millimetres, as nibabel reports them for the 
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 from nibabel.affines import apply_affine
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
+from cmbdet.atomic import atomic_path
 from cmbdet.errors import InputError
 
 #: 4-D series with at most this many volumes are read as multi-echo magnitude (echoes on axis 4).
@@ -180,18 +179,9 @@ def write_like_source(volume: Volume, array: np.ndarray, path: str | Path, *, dt
 
 def save_image_atomic(image: nib.Nifti1Image, path: str | Path) -> Path:
     """Save a NIfTI image through a temp file in the same folder and a rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(image, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 # --- checks -------------------------------------------------------------------------------------

@@ -7,14 +7,13 @@ code from the file (unlike pickle-based ``.pt``), and nothing is ever downloaded
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from cmbdet.atomic import atomic_path
 from cmbdet.errors import InputError
 
 #: The weights shipped with cmbdet (a clone or editable install keeps them beside the package).
@@ -32,18 +31,10 @@ def shipped_weights(name: str) -> Path:
 
 def save_state(path: str | Path, state: dict[str, torch.Tensor], metadata: dict) -> Path:
     """Save tensors and JSON-able metadata atomically as safetensors."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        save_file(tensors, tmp, metadata={"cmbdet": json.dumps(metadata)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"cmbdet": json.dumps(metadata)})
+    return Path(path)
 
 
 def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -50,7 +50,6 @@ import csv
 import functools
 import io
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,6 +70,8 @@ from ..anatomy import (
     MniMaps,
     mni_maps,
 )
+from ..atomic import write_bytes_atomic
+from ..volume import save_image_atomic
 from .geometry import SubjectGeometry, make_geometry, rotation
 from .protocol import Protocol, sample_protocol
 from .render import (
@@ -346,30 +347,6 @@ def _oriented_image(data: np.ndarray, geom: SubjectGeometry, p: Protocol) -> nib
 # writing sets
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_save_nifti(img: nib.Nifti1Image, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:-7]}.", suffix=".nii.gz")
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _csv_bytes(columns: list[str], rows: list[dict]) -> bytes:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -424,7 +401,7 @@ def write_phantom_set(
         name = f"ph{seed}_{i:04d}"
         proto = protocol_sampler(rng) if protocol_sampler is not None else None
         ph = make_subject(rng, subject=name, protocol=proto, tiny=tiny)
-        _atomic_save_nifti(ph.image, out / f"{name}.nii.gz")
+        save_image_atomic(ph.image, out / f"{name}.nii.gz")
         truth.extend(truth_rows(ph))
         for m in ph.mimics:
             mimic_rows.append(
@@ -442,10 +419,10 @@ def write_phantom_set(
             from .montage import render_montage
 
             render_montage(ph.image, ph.cmbs, out / "montage" / f"{name}.png", mimics=ph.mimics, title=name)
-    _atomic_write_bytes(out / "truth.csv", _csv_bytes(TRUTH_COLUMNS, truth))
-    _atomic_write_bytes(out / "mimics.csv", _csv_bytes(MIMIC_COLUMNS, mimic_rows))
+    write_bytes_atomic(out / "truth.csv", _csv_bytes(TRUTH_COLUMNS, truth))
+    write_bytes_atomic(out / "mimics.csv", _csv_bytes(MIMIC_COLUMNS, mimic_rows))
     proto_cols = ["subject", *Protocol((1, 1, 1), ("R", "A", "S"), 0.0, "swi").as_row().keys(), "n_cmb"]
-    _atomic_write_bytes(out / "protocols.csv", _csv_bytes(proto_cols, proto_rows))
+    write_bytes_atomic(out / "protocols.csv", _csv_bytes(proto_cols, proto_rows))
     return out
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from cmbdet.atomic import atomic_path
 
 
 def _axial_stack(image: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
@@ -96,14 +96,8 @@ def render_montage(
         fontsize=8,
     )
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
