@@ -112,3 +112,22 @@ def test_evaluate_cli_prints_json_with_the_headline_figures(tmp_path, capsys):
     assert pooled["f1"] == pytest.approx(0.5)
     assert pooled["fp_per_subject"] == pytest.approx(0.5)
     assert pooled["quiet_rate"] == pytest.approx(1.0)
+
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "clearswi-small"
+
+
+@pytest.mark.skipif(not REALDATA.exists(), reason="shared/realdata not beside the repo")
+def test_real_small_scans_give_a_result_or_a_one_line_reason(random_weights, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["detect", str(REALDATA), "-o", str(out), "--weights", str(random_weights), "--no-pictures"])
+    assert code == 1  # the two phase images are refused, the magnitude runs
+    counts = {r["subject"]: r for r in _rows(out / "counts.csv")}
+    assert counts["Mag"]["status"] == "ok"
+    assert "3 echoes" in counts["Mag"]["message"]
+    for name in ("Phase", "phase_with_nan"):
+        assert counts[name]["status"] == "error"
+        assert "phase image" in counts[name]["message"] and name in counts[name]["message"]
+    labels = nib.load(out / "Mag" / "Mag_desc-cmb_dseg.nii.gz")
+    assert labels.shape == (40, 40, 20)  # the 3-D grid of the 4-D input
+    assert "Traceback" not in capsys.readouterr().err
