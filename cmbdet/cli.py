@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--spacing-mm", type=float, default=1.0, help="working grid of the network (mm, isotropic)")
+    p.add_argument("--init", help="start from these proposer weights (fine-tuning, e.g. the shipped ones on "
+                                  "your data); their width and working grid are kept")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
     p.add_argument("--val-fraction", type=float, default=0.15,
                    help="scans held out to measure recall and choose the stage-1-alone threshold")
     p.add_argument("--seed", type=int, default=0)
@@ -184,6 +187,7 @@ def _evaluate(args) -> int:
 def _train_proposer(args) -> int:
     import numpy as np
 
+    from cmbdet.proposer.infer import load_proposer
     from cmbdet.proposer.train import prepare_scans, train_proposer, validate_proposer
     from cmbdet.training_data import read_labelled_set
 
@@ -194,9 +198,12 @@ def _train_proposer(args) -> int:
     val = [scans[i] for i in order[:n_val]]
     train = [scans[i] for i in order[n_val:]]
     print(f"preparing {len(train)} training scans ({len(val)} held out for validation) ...", file=sys.stderr)
-    prepared = prepare_scans(train, args.spacing_mm)
+    init = load_proposer(args.init, device=args.device) if args.init else None
+    spacing_mm = init.spacing_mm if init is not None else args.spacing_mm
+    prepared = prepare_scans(train, spacing_mm)
     proposer = train_proposer(prepared, rng, steps=args.steps, batch_size=args.batch_size, device=args.device,
-                              spacing_mm=args.spacing_mm, log=lambda line: print(line, file=sys.stderr))
+                              spacing_mm=spacing_mm, lr=args.lr, init=init,
+                              log=lambda line: print(line, file=sys.stderr))
     proposer.metadata.update(seed=args.seed, data=[str(d) for d in args.data])
     if val:
         report = validate_proposer(proposer, val)

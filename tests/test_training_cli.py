@@ -26,6 +26,11 @@ def test_train_both_stages_then_detect_and_evaluate(tiny_phantoms, tmp_path, cap
     _, meta = load_state(weights / "proposer.safetensors")
     assert meta["kind"] == "proposer" and meta["steps"] == 4 and meta["seed"] == 3 and meta["spacing_mm"] == 2
     assert 0.0 <= meta["val_recall_at_max_candidates"] <= 1.0  # held-out scans were scored
+    # fine-tuning from those weights keeps their working grid and records the earlier round
+    assert main(["train", "proposer", "--data", str(tiny_phantoms), "-o", str(tmp_path / "tuned.safetensors"),
+                 "--init", str(weights / "proposer.safetensors"), "--steps", "2", "--batch-size", "2"]) == 0
+    _, tuned = load_state(tmp_path / "tuned.safetensors")
+    assert tuned["spacing_mm"] == 2 and tuned["history"][0]["steps"] == 4
     assert main(["train", "reclassifier", "--data", str(tiny_phantoms), "--proposer",
                  str(weights / "proposer.safetensors"), "-o", str(weights / "reclassifier.safetensors"),
                  "--epochs", "1", "--batch-size", "8", "--seed", "3"]) == 0

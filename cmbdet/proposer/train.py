@@ -135,13 +135,15 @@ def train_proposer(
     width: int = 8,
     spacing_mm: float = DEFAULT_SPACING_MM,
     device: str | None = None,
+    init: Proposer | None = None,
     log: Callable[[str], None] = print,
 ) -> Proposer:
-    """Train a new proposer on prepared scans; deterministic for a given ``rng`` state."""
+    """Train a proposer on prepared scans, from scratch or from ``init`` (fine-tuning: its width and
+    working grid are kept); deterministic for a given ``rng`` state."""
     if patch % 4:
         raise ValueError("patch must be a multiple of 4")
     torch.manual_seed(int(rng.integers(2**31)))
-    proposer = new_proposer(width, spacing_mm, device)
+    proposer = new_proposer(width, spacing_mm, device) if init is None else init
     net = proposer.net.train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -175,8 +177,11 @@ def train_proposer(
         if step % 50 == 0 or step == steps:
             log(f"step {step}/{steps}  loss {running:.4f}  {time.time() - started:.0f} s")
     net.eval()
-    proposer.metadata.update(steps=steps, batch_size=batch_size, patch=patch, lr=lr,
-                             train_subjects=len(scans), train_seconds=round(time.time() - started))
+    # Fine-tuning keeps a record of the earlier training rounds.
+    history = [] if init is None else [*init.metadata.get("history", []), {
+        k: init.metadata.get(k) for k in ("steps", "lr", "train_subjects", "train_seconds", "seed", "data")}]
+    proposer.metadata.update(steps=steps, batch_size=batch_size, patch=patch, lr=lr, train_subjects=len(scans),
+                             train_seconds=round(time.time() - started), history=history)
     return proposer
 
 
