@@ -9,6 +9,7 @@ thickness and in-plane blur, flips and in-plane axis swaps.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -59,7 +60,8 @@ def prepare_scans(
     """`prepare_scan` over many scans, in ``workers`` processes."""
     if workers <= 1:
         return [prepare_scan(s, spacing_mm) for s in scans]
-    with ProcessPoolExecutor(workers) as pool:
+    # "spawn": forking a process whose torch/OpenMP threads already ran can deadlock the children.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(prepare_scan, scans, [spacing_mm] * len(scans)))
 
 
