@@ -56,6 +56,11 @@ class Detections:
     def sorted_by_score(self) -> Detections:
         return self.subset(np.argsort(-self.score, kind="stable"))
 
+    def to_records(self, subject: str) -> list[dict]:
+        """Records with ``subject, x_mm, y_mm, z_mm, score`` (world mm), e.g. for `cmbdet.evaluate`."""
+        return [{"subject": subject, "x_mm": p[0], "y_mm": p[1], "z_mm": p[2], "score": float(s)}
+                for p, s in zip(self.xyz_mm, self.score, strict=True)]
+
     def source_ijk(self, volume: Volume) -> np.ndarray:
         """(N, 3) integer voxel indices in the input file's own array order (nearest voxel)."""
         return np.rint(volume.to_source_ijk(volume.xyz_mm_to_ijk(self.xyz_mm))).astype(int)

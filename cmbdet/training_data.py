@@ -32,6 +32,13 @@ class LabelledScan:
     cmb_diameter_mm: np.ndarray  # (N,)
     mimic_xyz_mm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # (M, 3)
 
+    def truth_records(self) -> list[dict]:
+        """truth.csv-style records for `cmbdet.evaluate` (one empty-coordinate row if CMB-free)."""
+        if len(self.cmb_xyz_mm) == 0:
+            return [{"subject": self.subject, "x_mm": "", "y_mm": "", "z_mm": ""}]
+        return [{"subject": self.subject, "x_mm": p[0], "y_mm": p[1], "z_mm": p[2], "diameter_mm": d}
+                for p, d in zip(self.cmb_xyz_mm, self.cmb_diameter_mm, strict=True)]
+
 
 def subject_from_filename(path: str | Path) -> str:
     """Subject id from a file name: BIDS ``sub-X[_ses-Y]`` entities if present, else the stem."""

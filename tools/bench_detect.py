@@ -52,8 +52,7 @@ def run_method(method: str, data_dir: str, workdir: str, weights: str | None, qu
             started = time.perf_counter()
             found = detect(load_volume(scan.image_path))
             seconds.append(time.perf_counter() - started)
-            rows += [{"subject": scan.subject, "x_mm": p[0], "y_mm": p[1], "z_mm": p[2], "score": s}
-                     for p, s in zip(found.xyz_mm, found.score, strict=True)]
+            rows += found.to_records(scan.subject)
     else:
         started = time.perf_counter()
         threshold = load_detector(weights, reclassify=(method == "stage1+2")).threshold

@@ -208,12 +208,8 @@ def validate_proposer(proposer: Proposer, scans: list[LabelledScan], *, max_cand
     for scan in scans:
         candidates = propose_candidates(load_volume(scan.image_path), proposer, max_candidates=max_candidates)
         n_candidates.append(len(candidates))
-        candidate_rows += [{"subject": scan.subject, "x_mm": p[0], "y_mm": p[1], "z_mm": p[2], "score": s}
-                           for p, s in zip(candidates.xyz_mm, candidates.score, strict=True)]
-        truth_rows += [{"subject": scan.subject, "x_mm": p[0], "y_mm": p[1], "z_mm": p[2], "diameter_mm": d}
-                       for p, d in zip(scan.cmb_xyz_mm, scan.cmb_diameter_mm, strict=True)]
-        if len(scan.cmb_xyz_mm) == 0:
-            truth_rows.append({"subject": scan.subject, "x_mm": "", "y_mm": "", "z_mm": ""})
+        candidate_rows += candidates.to_records(scan.subject)
+        truth_rows += scan.truth_records()
     recall = evaluate(truth_rows, candidate_rows).pooled["sensitivity"]
     threshold, pooled = best_f1_threshold(truth_rows, candidate_rows)
     return {"val_scans": len(scans), "val_recall_at_max_candidates": recall, "max_candidates": max_candidates,

@@ -69,14 +69,8 @@ def mine_scan(scan: LabelledScan, proposer: Proposer, rng: np.random.Generator, 
         labels.append(np.zeros(len(mimic), bool))
     xyz = np.concatenate([p.reshape(-1, 3) for p in points])
     patches = extract_patches(volume, xyz)
-    candidate_rows = [{"subject": scan.subject, "x_mm": p[0], "y_mm": p[1], "z_mm": p[2], "score": 0.0}
-                      for p in candidates.xyz_mm]
-    truth_rows = [{"subject": scan.subject, "x_mm": p[0], "y_mm": p[1], "z_mm": p[2], "diameter_mm": d}
-                  for p, d in zip(scan.cmb_xyz_mm, scan.cmb_diameter_mm, strict=True)]
-    if not truth_rows:
-        truth_rows = [{"subject": scan.subject, "x_mm": "", "y_mm": "", "z_mm": ""}]
     return MinedScan(scan.subject, patches, np.concatenate(labels), extract_patches(volume, candidates.xyz_mm),
-                     candidate_rows, truth_rows)
+                     candidates.to_records(scan.subject), scan.truth_records())
 
 
 def augment_patch(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
