@@ -43,6 +43,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def _parser() -> argparse.ArgumentParser:
+    from cmbdet.reclassifier.patches import FOV_MM
     # --debug works before or after the command; SUPPRESS keeps a subcommand from resetting it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -120,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--fov-mm", type=float, default=FOV_MM,
+                   help=f"side of the patch planes around each candidate, mm (default {FOV_MM:g}; 64 pixels; "
+                        "stored in the weights and used at inference)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="keep the patch images and ultralytics run here (default: a temp folder)")
     p.add_argument("--device", default="cpu")
@@ -226,7 +230,8 @@ def _train_reclassifier(args) -> int:
     proposer = load_proposer(args.proposer)
     rng = np.random.default_rng(args.seed)
     reclassifier = train_reclassifier(scans, proposer, rng, epochs=args.epochs, batch=args.batch_size,
-                                      workdir=Path(args.workdir) if args.workdir else None, device=args.device,
+                                      fov_mm=args.fov_mm, workdir=Path(args.workdir) if args.workdir else None,
+                                      device=args.device,
                                       log=lambda line: print(line, file=sys.stderr))
     reclassifier.metadata.update(seed=args.seed, data=[str(d) for d in args.data])
     reclassifier.save(args.output)

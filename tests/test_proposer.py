@@ -84,3 +84,35 @@ def test_training_is_reproducible_for_a_seed():
         assert torch.equal(a, b), name
     third = train_proposer(scans, np.random.default_rng(8), steps=3, batch_size=2, patch=32, width=4, log=lambda _: 0)
     assert not torch.equal(first.net.head.weight, third.net.head.weight)
+
+
+def test_augmentation_moves_image_and_target_together():
+    """Flips, axis swaps and rotations must keep the heat-map peak on the dark lesion."""
+    from scipy import ndimage
+
+    from cmbdet.proposer.train import augment
+
+    size, centre = 32, np.array([10.0, 20.0, 14.0])
+    grid = np.indices((size,) * 3).astype(float)
+    dist = np.sqrt(sum((grid[a] - centre[a]) ** 2 for a in range(3)))
+    image = np.where(dist <= 2.5, 0.1, 1.0).astype(np.float32)
+    target = heatmap_target((size,) * 3, centre[None], np.array([2.5]))
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        moved_image, moved_target = augment(image, target, rng)
+        peak = np.array(np.unravel_index(np.argmax(moved_target), moved_target.shape))
+        darkest = np.array(np.unravel_index(np.argmin(ndimage.uniform_filter(moved_image, 5)), moved_image.shape))
+        assert np.linalg.norm(peak - darkest) <= 1.8
+        assert moved_target.max() > 0.6
+
+
+def test_thick_slices_spread_a_thin_lesion_over_neighbouring_slices():
+    from cmbdet.proposer.train import _thick_slices
+
+    image = np.ones((8, 8, 30), dtype=np.float32)
+    image[:, :, 15] = 0.0
+    thick = _thick_slices(image, 3, axis=2)
+    assert thick.shape == image.shape
+    assert thick[0, 0, 15] > 0.5  # partial volume: one dark slice in three
+    assert thick[0, 0, 13:18].min() < 0.9 and thick[0, 0, 5] == 1.0
+    np.testing.assert_allclose(thick.mean(), image.mean(), atol=0.01)

@@ -97,7 +97,11 @@ def test_ultralytics_import_build_and_train_step_open_no_socket(tmp_path):
     script = SOCKET_GUARD + textwrap.dedent(f"""
         from pathlib import Path
         import os
+        import numpy as np
+        from cmbdet.reclassifier.train import patch_augmenter
         from cmbdet.reclassifier.yolo import build_classifier, train_classifier
+        # albumentations asks PyPI for updates at import unless told not to: this must stay quiet.
+        patch_augmenter(0)(image=np.full((64, 64, 3), 100, np.uint8))
         net = build_classifier(2)
         net, yaml = train_classifier(Path({str(dataset)!r}), Path({str(tmp_path / 'runs')!r}), epochs=1,
                                      imgsz=64, batch=4, seed=0, workers=0)
@@ -113,3 +117,62 @@ def test_ultralytics_import_build_and_train_step_open_no_socket(tmp_path):
     assert "cmbdet-ultralytics-" in run.stdout  # the private config dir, not the user's home
     leftovers = {p.name for p in tmp_path.iterdir()}
     assert leftovers <= {"patches", "runs"}, f"ultralytics wrote into the working directory: {leftovers}"
+
+
+def test_final_score_weighs_the_two_stages():
+    from cmbdet.reclassifier.infer import final_score
+
+    stage1, stage2 = np.array([0.9, 0.2, 0.5]), np.array([0.1, 0.8, 0.5])
+    np.testing.assert_allclose(final_score(stage1, stage2, 0.0), stage2)
+    np.testing.assert_allclose(final_score(stage1, stage2, 0.5), np.sqrt(stage1 * stage2))
+    np.testing.assert_allclose(final_score(stage1, stage2, 1.0), stage1)
+
+
+def _mined(subject: str, n_cmb: int, n_mimic: int, rng: np.random.Generator):
+    from cmbdet.reclassifier.train import MinedScan
+
+    patches = rng.integers(0, 255, (n_cmb + n_mimic, 64, 64, 3), dtype=np.uint8)
+    labels = np.array([True] * n_cmb + [False] * n_mimic)
+    return MinedScan(subject, patches, labels, patches[:0], [], [])
+
+
+def test_patch_dataset_balances_classes_and_is_seeded(tmp_path):
+    from cmbdet.reclassifier.train import write_patch_dataset
+
+    mined = [_mined("s1", 2, 5, np.random.default_rng(0)), _mined("s2", 1, 4, np.random.default_rng(1))]
+    counts = write_patch_dataset(mined, tmp_path / "a", "train", np.random.default_rng(5), cmb_copies=4,
+                                 mimic_copies=2)
+    assert counts == {"cmb": 3 * 4, "mimic": 9 * 2}
+    assert write_patch_dataset(mined, tmp_path / "v", "val", np.random.default_rng(5)) == {"cmb": 3, "mimic": 9}
+    write_patch_dataset(mined, tmp_path / "b", "train", np.random.default_rng(5), cmb_copies=4, mimic_copies=2)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    assert len(files) == 30
+    originals, augmented = 0, 0
+    for f in files:
+        a, b = cv2.imread(str(tmp_path / "a" / f)), cv2.imread(str(tmp_path / "b" / f))
+        np.testing.assert_array_equal(a, b)  # same seed, same images
+        if f.stem.endswith("_0"):
+            originals += 1
+        else:
+            index = int(f.stem.split("_")[1])
+            scan = mined[0] if f.stem.startswith("s1") else mined[1]
+            augmented += int(not np.array_equal(a, scan.patches[index]))
+    assert originals == 12 and augmented >= 15  # the copies beyond the first are varied
+
+
+def test_operating_point_uses_stage1_when_it_helps(monkeypatch):
+    """Stage 2 is unsure of a true CMB that stage 1 is sure of: a stage-1 weight > 0 must win."""
+    from cmbdet.reclassifier import train as stage2_train
+
+    truth = [{"subject": "s", "x_mm": 0.0, "y_mm": 0.0, "z_mm": 0.0, "diameter_mm": 4.0},
+             {"subject": "s", "x_mm": 30.0, "y_mm": 0.0, "z_mm": 0.0, "diameter_mm": 4.0}]
+    candidates = [{"subject": "s", "x_mm": x, "y_mm": 0.0, "z_mm": 0.0, "score": s1}
+                  for x, s1 in ((0.0, 0.9), (30.0, 0.95), (-40.0, 0.3), (60.0, 0.2))]
+    mined = [stage2_train.MinedScan("s", np.zeros((0, 64, 64, 3), np.uint8), np.zeros(0, bool),
+                                    np.zeros((4, 64, 64, 3), np.uint8), candidates, truth)]
+    monkeypatch.setattr(stage2_train, "cmb_probability", lambda _r, _p: np.array([0.9, 0.3, 0.4, 0.35]))
+    weight, threshold, pooled = stage2_train.choose_operating_point(None, mined)
+    assert weight > 0 and pooled["f1"] == 1.0
+    monkeypatch.setattr(stage2_train, "cmb_probability", lambda _r, _p: np.array([0.9, 0.8, 0.1, 0.1]))
+    weight, threshold, pooled = stage2_train.choose_operating_point(None, mined)
+    assert weight == 0.0 and pooled["f1"] == 1.0

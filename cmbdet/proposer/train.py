@@ -3,8 +3,9 @@
 Targets are Gaussian blobs at the CMB centres (sigma = radius / TARGET_SIGMA_RATIO, at least 1 mm
 sized), so the network's peaks mark centres and their width tells the size. A batch mixes patches
 around CMBs, around known mimics (veins, iron, air-bone dropout: hard negatives) and anywhere in the
-brain. Augmentations model what changes between scanners: contrast, gamma, noise, bias, slice
-thickness and in-plane blur, flips and in-plane axis swaps.
+brain. Augmentations model what changes between scanners and head positions: contrast, gamma, noise,
+bias, slice thickness (blur, and partial-volume averaging of thick slices), in-plane blur, flips,
+in-plane axis swaps and small rotations.
 """
 
 from __future__ import annotations
@@ -112,6 +113,13 @@ def augment(image: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> 
     if rng.random() < 0.5:
         image, target = image.transpose(1, 0, 2), target.transpose(1, 0, 2)
     image = np.ascontiguousarray(image)
+    if rng.random() < 0.3:  # head tilt: up to 15 degrees in a random plane
+        axes = [(0, 1), (0, 2), (1, 2)][rng.integers(3)]
+        angle = rng.uniform(-15, 15)
+        image = ndimage.rotate(image, angle, axes=axes, reshape=False, order=1, mode="nearest")
+        target = ndimage.rotate(target, angle, axes=axes, reshape=False, order=1, mode="constant")
+    if rng.random() < 0.2:  # thick slices: average 2-3 slices (partial volume), back to the grid
+        image = _thick_slices(image, int(rng.integers(2, 4)), axis=2)
     if rng.random() < 0.35:  # thicker slices: blur through-plane
         image = ndimage.gaussian_filter1d(image, rng.uniform(0.4, 1.3), axis=2)
     if rng.random() < 0.2:  # softer in-plane resolution
@@ -185,6 +193,21 @@ def train_proposer(
     proposer.metadata.update(steps=steps, batch_size=batch_size, patch=patch, lr=lr, train_subjects=len(scans),
                              train_seconds=round(time.time() - started), history=history)
     return proposer
+
+
+def _thick_slices(image: np.ndarray, factor: int, axis: int) -> np.ndarray:
+    """Average ``factor`` neighbouring slices along ``axis`` and interpolate back to the input grid:
+    what a ``factor`` times thicker acquisition slice does to small lesions (partial volume)."""
+    length = image.shape[axis]
+    usable = length - length % factor
+    moved = np.moveaxis(image, axis, 0)
+    thick = moved[:usable].reshape(usable // factor, factor, *moved.shape[1:]).mean(axis=1)
+    centres = np.arange(usable // factor) * factor + (factor - 1) / 2.0
+    position = np.clip(np.arange(length, dtype=float), centres[0], centres[-1])
+    upper = np.clip(np.searchsorted(centres, position, side="right"), 1, len(centres) - 1)
+    weight = ((position - centres[upper - 1]) / factor)[:, None, None]
+    back = thick[upper - 1] * (1 - weight) + thick[upper] * weight
+    return np.ascontiguousarray(np.moveaxis(back.astype(np.float32), 0, axis))
 
 
 def _crop(array: np.ndarray, start: np.ndarray, size: int) -> np.ndarray:

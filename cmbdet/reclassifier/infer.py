@@ -26,6 +26,8 @@ class Reclassifier:
     net: nn.Module
     yaml: dict
     threshold: float = 0.5
+    #: Final score = stage1 ** stage1_weight * stage2 ** (1 - stage1_weight) (0: stage 2 alone).
+    stage1_weight: float = 0.0
     fov_mm: float = FOV_MM
     size: int = PATCH_PIXELS
     class_names: tuple[str, ...] = CLASS_NAMES
@@ -34,6 +36,7 @@ class Reclassifier:
 
     def save(self, path: str | Path) -> Path:
         meta = dict(self.metadata, kind="reclassifier", yaml=self.yaml, threshold=self.threshold,
+                    stage1_weight=self.stage1_weight,
                     fov_mm=self.fov_mm, size=self.size, class_names=list(self.class_names))
         return save_state(path, self.net.state_dict(), meta)
 
@@ -44,6 +47,7 @@ def load_reclassifier(path: str | Path, *, device: str | None = None) -> Reclass
     net = classifier_from_state(state, meta["yaml"], nc=len(names))
     dev = pick_device(device)
     return Reclassifier(net=net.to(dev), yaml=meta["yaml"], threshold=float(meta.get("threshold", 0.5)),
+                        stage1_weight=float(meta.get("stage1_weight", 0.0)),
                         fov_mm=float(meta.get("fov_mm", FOV_MM)), size=int(meta.get("size", PATCH_PIXELS)),
                         class_names=names, device=dev, metadata=meta)
 
@@ -71,15 +75,24 @@ def cmb_probability(reclassifier: Reclassifier, patches: np.ndarray, *, flips: b
     return torch.stack(probs).mean(0).cpu().numpy().astype(float)
 
 
+def final_score(stage1: np.ndarray, stage2: np.ndarray, stage1_weight: float) -> np.ndarray:
+    """Weighted geometric mean of the stage-1 likelihood and the stage-2 probability: a candidate both
+    stages find convincing scores high; with weight 0 this is the stage-2 probability alone."""
+    stage1 = np.clip(np.asarray(stage1, dtype=float), 1e-6, 1.0)
+    stage2 = np.clip(np.asarray(stage2, dtype=float), 1e-6, 1.0)
+    return stage1**stage1_weight * stage2 ** (1.0 - stage1_weight)
+
+
 def reclassify(volume: Volume, candidates: Detections, reclassifier: Reclassifier) -> Detections:
-    """Stage 2: candidates with ``stage2`` scores; the final ``score`` is the stage-2 probability."""
+    """Stage 2: candidates with ``stage2`` scores; the final ``score`` is `final_score` of both stages."""
     if len(candidates) == 0:
         return candidates
     patches = extract_patches(volume, candidates.xyz_mm, fov_mm=reclassifier.fov_mm, size=reclassifier.size)
     stage2 = cmb_probability(reclassifier, patches)
+    stage1 = candidates.stage_scores.get("stage1", candidates.score)
     return Detections(
         xyz_mm=candidates.xyz_mm,
-        score=stage2,
+        score=final_score(stage1, stage2, reclassifier.stage1_weight),
         diameter_mm=candidates.diameter_mm,
         region=candidates.region,
         stage_scores={**candidates.stage_scores, "stage2": stage2},

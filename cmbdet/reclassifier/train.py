@@ -3,14 +3,17 @@
 Positives: every reference CMB (with small position jitter, as stage 1 localizes to ~1 mm) and every
 stage-1 candidate that matches one. Negatives: every stage-1 candidate that matches none (the hard
 negatives stage 2 exists for: veins, iron, air-bone artefacts, noise) and points on known mimics.
-Scanner variation is added to the patches here (gamma, contrast, noise, blur), with the seeded rng;
-ultralytics adds flips, mild zoom and brightness/contrast jitter during training. Subjects are split
-into train / validation; the operating threshold is the one that maximizes lesion-level F1 on the
-validation subjects (end to end: stage 1 then stage 2).
+Microbleeds are rarer than mimics, so each positive is written in more augmented copies than each
+negative (class balance). Scanner variation is added to the patch copies with albumentations (gamma,
+contrast, blur, lower resolution, noise, small rotations and zoom), seeded; ultralytics adds flips,
+mild zoom and brightness jitter during training. Subjects are split into train / validation; the
+operating point (the stage-1 weight of the final score and the threshold) is the one with the best
+lesion-level F1 on the validation subjects, end to end (stage 1 then stage 2).
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,12 +21,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from cmbdet.evaluate import best_f1_threshold, match_detections
 from cmbdet.proposer.infer import Proposer, propose_candidates
-from cmbdet.reclassifier.infer import CLASS_NAMES, Reclassifier, cmb_probability
-from cmbdet.reclassifier.patches import PATCH_PIXELS, extract_patches
+from cmbdet.reclassifier.infer import CLASS_NAMES, Reclassifier, cmb_probability, final_score
+from cmbdet.reclassifier.patches import FOV_MM, PATCH_PIXELS, extract_patches
 from cmbdet.reclassifier.yolo import train_classifier
 from cmbdet.training_data import LabelledScan
 from cmbdet.volume import load_volume
@@ -43,7 +45,7 @@ class MinedScan:
 
 
 def mine_scan(scan: LabelledScan, proposer: Proposer, rng: np.random.Generator, *, max_candidates: int = 40,
-              max_mimics: int = 25, jitter_copies: int = 2) -> MinedScan:
+              max_mimics: int = 12, jitter_copies: int = 2, fov_mm: float = FOV_MM) -> MinedScan:
     volume = load_volume(scan.image_path)
     candidates = propose_candidates(volume, proposer, max_candidates=max_candidates)
     matched = match_detections(scan.cmb_xyz_mm, scan.cmb_diameter_mm, candidates.xyz_mm, candidates.score)
@@ -68,52 +70,78 @@ def mine_scan(scan: LabelledScan, proposer: Proposer, rng: np.random.Generator, 
         points.append(mimic)
         labels.append(np.zeros(len(mimic), bool))
     xyz = np.concatenate([p.reshape(-1, 3) for p in points])
-    patches = extract_patches(volume, xyz)
-    return MinedScan(scan.subject, patches, np.concatenate(labels), extract_patches(volume, candidates.xyz_mm),
+    patches = extract_patches(volume, xyz, fov_mm=fov_mm)
+    return MinedScan(scan.subject, patches, np.concatenate(labels),
+                     extract_patches(volume, candidates.xyz_mm, fov_mm=fov_mm),
                      candidates.to_records(scan.subject), scan.truth_records())
 
 
-def augment_patch(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Scanner-like variation of one uint8 patch: gamma around tissue level, contrast, blur, noise."""
-    x = patch.astype(np.float32) / 100.0
-    x = np.clip(x, 0, None) ** rng.uniform(0.7, 1.4)
-    x = 1.0 + (x - 1.0) * rng.uniform(0.7, 1.3)
-    if rng.random() < 0.3:
-        x = ndimage.gaussian_filter(x, (rng.uniform(0.3, 1.2),) * 2 + (0,))
-    x = x + rng.normal(0, rng.uniform(0, 0.08), x.shape)
-    return np.clip(np.rint(x * 100.0), 0, 255).astype(np.uint8)
+def patch_augmenter(seed: int):
+    """A seeded albumentations pipeline of scanner-like variation for 8-bit 2.5-D patches (all three
+    planes alike): gamma, brightness/contrast, blur or lower resolution, noise, small rotation/zoom."""
+    # albumentations asks PyPI for a newer version when imported unless this is set: no network.
+    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+    import albumentations as A
+
+    return A.Compose([
+        A.RandomGamma(gamma_limit=(70, 140), p=0.7),
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.3, p=0.7),
+        A.OneOf([
+            A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.3, 1.2)),
+            A.Downscale(scale_range=(0.4, 0.8)),  # a coarser acquisition grid
+        ], p=0.4),
+        A.GaussNoise(std_range=(0.0, 0.08), p=0.6),
+        A.Affine(rotate=(-15, 15), scale=(0.9, 1.1), translate_percent=(-0.03, 0.03), border_mode=cv2.BORDER_REFLECT,
+                 p=0.5),
+    ], seed=seed)
 
 
 def write_patch_dataset(mined: list[MinedScan], folder: Path, split: str, rng: np.random.Generator,
-                        *, copies: int = 2) -> dict[str, int]:
-    """PNG image folder ``folder/split/<class>/`` for ultralytics; ``copies`` augmented versions each."""
+                        *, cmb_copies: int = 4, mimic_copies: int = 2) -> dict[str, int]:
+    """PNG image folder ``folder/split/<class>/`` for ultralytics. In ``train``, each patch is written
+    as itself plus augmented versions, ``cmb_copies`` / ``mimic_copies`` images in all per patch."""
     counts = dict.fromkeys(CLASS_NAMES, 0)
+    augmenter = patch_augmenter(int(rng.integers(2**31)))
     for scan in mined:
         for n, (patch, positive) in enumerate(zip(scan.patches, scan.is_cmb, strict=True)):
             name = CLASS_NAMES[0] if positive else CLASS_NAMES[1]
             target = folder / split / name
             target.mkdir(parents=True, exist_ok=True)
-            versions = [patch] + [augment_patch(patch, rng) for _ in range(copies - 1)] if split == "train" else [patch]
+            copies = (cmb_copies if positive else mimic_copies) if split == "train" else 1
+            versions = [patch] + [augmenter(image=patch)["image"] for _ in range(copies - 1)]
             for v, version in enumerate(versions):
                 cv2.imwrite(str(target / f"{scan.subject}_{n:04d}_{v}.png"), version)
                 counts[name] += 1
     return counts
 
 
-def choose_threshold(reclassifier: Reclassifier, mined: list[MinedScan]) -> tuple[float, dict]:
-    """The stage-2 score threshold with the best lesion-level F1 on these scans (end to end)."""
+#: Stage-1 weights of the final score tried when choosing the operating point.
+STAGE1_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def choose_operating_point(reclassifier: Reclassifier, mined: list[MinedScan]) -> tuple[float, float, dict]:
+    """(stage-1 weight, threshold, pooled figures) with the best lesion-level F1 on these scans, end to
+    end; ties go to the smaller stage-1 weight."""
     truth = [row for m in mined for row in m.truth_rows]
-    detections = []
-    for m in mined:
-        scores = cmb_probability(reclassifier, m.candidate_patches)
-        detections += [dict(row, score=float(s)) for row, s in zip(m.candidate_rows, scores, strict=True)]
-    return best_f1_threshold(truth, detections)
+    stage2 = [cmb_probability(reclassifier, m.candidate_patches) for m in mined]
+    best = (-1.0, 0.0, 0.5, {})
+    for weight in STAGE1_WEIGHTS:
+        detections = []
+        for m, scores in zip(mined, stage2, strict=True):
+            stage1 = np.array([row["score"] for row in m.candidate_rows], dtype=float)
+            fused = final_score(stage1, scores, weight)
+            detections += [dict(row, score=float(f)) for row, f in zip(m.candidate_rows, fused, strict=True)]
+        threshold, pooled = best_f1_threshold(truth, detections)
+        f1 = pooled.get("f1", 0.0)
+        if f1 == f1 and f1 > best[0]:
+            best = (f1, weight, threshold, pooled)
+    return best[1], best[2], best[3]
 
 
 def train_reclassifier(
     scans: list[LabelledScan], proposer: Proposer, rng: np.random.Generator, *, epochs: int = 30,
-    batch: int = 64, val_fraction: float = 0.15, workdir: Path | None = None, device: str = "cpu",
-    log: Callable[[str], None] = print,
+    batch: int = 64, val_fraction: float = 0.15, fov_mm: float = FOV_MM, workdir: Path | None = None,
+    device: str = "cpu", log: Callable[[str], None] = print,
 ) -> Reclassifier:
     """Mine, write the patch dataset, train with ultralytics, choose the threshold; seeded by ``rng``."""
     order = rng.permutation(len(scans))
@@ -121,7 +149,7 @@ def train_reclassifier(
     val_ids = set(order[:n_val].tolist())
     mined_train, mined_val = [], []
     for n, scan in enumerate(scans):
-        mined = mine_scan(scan, proposer, rng)
+        mined = mine_scan(scan, proposer, rng, fov_mm=fov_mm)
         (mined_val if n in val_ids else mined_train).append(mined)
         if (n + 1) % 10 == 0 or n + 1 == len(scans):
             log(f"mined {n + 1}/{len(scans)} scans")
@@ -133,14 +161,16 @@ def train_reclassifier(
         log(f"patches: train {train_counts}, val {val_counts}")
         net, yaml = train_classifier(dataset, root / "runs", epochs=epochs, imgsz=PATCH_PIXELS, batch=batch,
                                      seed=int(rng.integers(2**31)), device=device)
-    reclassifier = Reclassifier(net=net, yaml=yaml)
-    threshold, pooled = choose_threshold(reclassifier, mined_val or mined_train)
-    reclassifier.threshold = threshold
+    reclassifier = Reclassifier(net=net, yaml=yaml, fov_mm=fov_mm)
+    weight, threshold, pooled = choose_operating_point(reclassifier, mined_val or mined_train)
+    reclassifier.threshold, reclassifier.stage1_weight = threshold, weight
     reclassifier.metadata.update(
         epochs=epochs, train_scans=len(mined_train), val_scans=len(mined_val), train_patches=train_counts,
-        val_threshold=threshold, val_sensitivity=pooled.get("sensitivity"), val_precision=pooled.get("precision"),
-        val_f1=pooled.get("f1"), val_fp_per_subject=pooled.get("fp_per_subject"),
+        val_threshold=threshold, val_stage1_weight=weight, val_sensitivity=pooled.get("sensitivity"),
+        val_precision=pooled.get("precision"), val_f1=pooled.get("f1"),
+        val_fp_per_subject=pooled.get("fp_per_subject"),
     )
-    log(f"threshold {threshold:.2f}: validation sensitivity {pooled.get('sensitivity', float('nan')):.3f} "
-        f"precision {pooled.get('precision', float('nan')):.3f} F1 {pooled.get('f1', float('nan')):.3f}")
+    log(f"stage-1 weight {weight:.1f}, threshold {threshold:.2f}: validation sensitivity "
+        f"{pooled.get('sensitivity', float('nan')):.3f} precision {pooled.get('precision', float('nan')):.3f} "
+        f"F1 {pooled.get('f1', float('nan')):.3f}")
     return reclassifier
