@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
     p.add_argument("--val-fraction", type=float, default=0.15,
                    help="scans held out to measure recall and choose the stage-1-alone threshold")
+    p.add_argument("--val", nargs="+", metavar="DATA",
+                   help="separate labelled folder(s)/manifest(s) for validation instead of holding out "
+                        "--val-fraction of --data (all of --data is then trained on)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.set_defaults(run=_train_proposer)
@@ -121,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--val", nargs="+", metavar="DATA",
+                   help="separate labelled folder(s)/manifest(s) to validate on and choose the operating point "
+                        "(default: 15%% of --data's subjects, held out)")
     p.add_argument("--fov-mm", type=float, default=FOV_MM,
                    help=f"side of the patch planes around each candidate, mm (default {FOV_MM:g}; 64 pixels; "
                         "stored in the weights and used at inference)")
@@ -197,10 +203,13 @@ def _train_proposer(args) -> int:
 
     scans = [s for source in args.data for s in read_labelled_set(source, args.truth)]
     rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(scans))
-    n_val = int(round(args.val_fraction * len(scans))) if len(scans) > 2 else 0
-    val = [scans[i] for i in order[:n_val]]
-    train = [scans[i] for i in order[n_val:]]
+    if args.val:
+        train, val = scans, [s for source in args.val for s in read_labelled_set(source)]
+    else:
+        order = rng.permutation(len(scans))
+        n_val = int(round(args.val_fraction * len(scans))) if len(scans) > 2 else 0
+        val = [scans[i] for i in order[:n_val]]
+        train = [scans[i] for i in order[n_val:]]
     print(f"preparing {len(train)} training scans ({len(val)} held out for validation) ...", file=sys.stderr)
     init = load_proposer(args.init, device=args.device) if args.init else None
     spacing_mm = init.spacing_mm if init is not None else args.spacing_mm
@@ -208,7 +217,8 @@ def _train_proposer(args) -> int:
     proposer = train_proposer(prepared, rng, steps=args.steps, batch_size=args.batch_size, device=args.device,
                               spacing_mm=spacing_mm, lr=args.lr, init=init,
                               log=lambda line: print(line, file=sys.stderr))
-    proposer.metadata.update(seed=args.seed, data=[str(d) for d in args.data])
+    proposer.metadata.update(seed=args.seed, data=[str(d) for d in args.data],
+                             val_data=[str(d) for d in args.val or []])
     if val:
         report = validate_proposer(proposer, val)
         proposer.metadata.update(report)
@@ -229,11 +239,13 @@ def _train_reclassifier(args) -> int:
     scans = [s for source in args.data for s in read_labelled_set(source, args.truth)]
     proposer = load_proposer(args.proposer)
     rng = np.random.default_rng(args.seed)
-    reclassifier = train_reclassifier(scans, proposer, rng, epochs=args.epochs, batch=args.batch_size,
-                                      fov_mm=args.fov_mm, workdir=Path(args.workdir) if args.workdir else None,
-                                      device=args.device,
+    val = [s for source in args.val for s in read_labelled_set(source)] if args.val else None
+    reclassifier = train_reclassifier(scans, proposer, rng, val_scans=val, epochs=args.epochs,
+                                      batch=args.batch_size, fov_mm=args.fov_mm, device=args.device,
+                                      workdir=Path(args.workdir) if args.workdir else None,
                                       log=lambda line: print(line, file=sys.stderr))
-    reclassifier.metadata.update(seed=args.seed, data=[str(d) for d in args.data])
+    reclassifier.metadata.update(seed=args.seed, data=[str(d) for d in args.data],
+                                 val_data=[str(d) for d in args.val or []])
     reclassifier.save(args.output)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

@@ -116,3 +116,19 @@ def test_thick_slices_spread_a_thin_lesion_over_neighbouring_slices():
     assert thick[0, 0, 15] > 0.5  # partial volume: one dark slice in three
     assert thick[0, 0, 13:18].min() < 0.9 and thick[0, 0, 5] == 1.0
     np.testing.assert_allclose(thick.mean(), image.mean(), atol=0.01)
+
+
+def test_mirror_average_is_the_mean_of_both_mirror_images():
+    from cmbdet.preprocess import WorkingImage
+    from cmbdet.proposer.infer import likelihood_map, new_proposer
+
+    torch.manual_seed(0)
+    proposer = new_proposer(width=4, spacing_mm=1.0, device="cpu")
+    image = np.random.default_rng(0).uniform(0.5, 1.5, (24, 20, 16)).astype(np.float32)
+    mask = np.ones(image.shape, bool)  # whole grid: no crop, no padding
+    working = WorkingImage(image, mask, np.eye(4))
+    plain = likelihood_map(working, proposer)
+    mirrored = likelihood_map(WorkingImage(image[::-1].copy(), mask, np.eye(4)), proposer)[::-1]
+    averaged = likelihood_map(working, proposer, mirror_average=True)
+    np.testing.assert_allclose(averaged, (plain + mirrored) / 2, atol=1e-5)
+    assert not np.allclose(plain, mirrored, atol=1e-3)  # the two views do differ

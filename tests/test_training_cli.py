@@ -19,7 +19,14 @@ def tiny_phantoms(tmp_path_factory):
     return folder
 
 
-def test_train_both_stages_then_detect_and_evaluate(tiny_phantoms, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_validation(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("validation")
+    assert main(["phantom", "-o", str(folder), "-n", "2", "--seed", "12", "--tiny", "--no-montage"]) == 0
+    return folder
+
+
+def test_train_both_stages_then_detect_and_evaluate(tiny_phantoms, tiny_validation, tmp_path, capsys):
     weights = tmp_path / "weights"
     assert main(["train", "proposer", "--data", str(tiny_phantoms), "-o", str(weights / "proposer.safetensors"),
                  "--steps", "4", "--batch-size", "2", "--seed", "3", "--spacing-mm", "2"]) == 0
@@ -28,15 +35,18 @@ def test_train_both_stages_then_detect_and_evaluate(tiny_phantoms, tmp_path, cap
     assert 0.0 <= meta["val_recall_at_max_candidates"] <= 1.0  # held-out scans were scored
     # fine-tuning from those weights keeps their working grid and records the earlier round
     assert main(["train", "proposer", "--data", str(tiny_phantoms), "-o", str(tmp_path / "tuned.safetensors"),
-                 "--init", str(weights / "proposer.safetensors"), "--steps", "2", "--batch-size", "2"]) == 0
+                 "--init", str(weights / "proposer.safetensors"), "--steps", "2", "--batch-size", "2",
+                 "--val", str(tiny_validation)]) == 0
     _, tuned = load_state(tmp_path / "tuned.safetensors")
     assert tuned["spacing_mm"] == 2 and tuned["history"][0]["steps"] == 4
+    assert tuned["train_subjects"] == 5 and tuned["val_scans"] == 2  # a separate validation set: no split
     assert main(["train", "reclassifier", "--data", str(tiny_phantoms), "--proposer",
                  str(weights / "proposer.safetensors"), "-o", str(weights / "reclassifier.safetensors"),
-                 "--epochs", "1", "--batch-size", "8", "--seed", "3"]) == 0
+                 "--epochs", "1", "--batch-size", "8", "--seed", "3", "--val", str(tiny_validation)]) == 0
     _, meta = load_state(weights / "reclassifier.safetensors")
     assert meta["kind"] == "reclassifier" and meta["yaml"]["nc"] == 2
-    assert 0.0 < meta["threshold"] < 1.0
+    assert 0.0 < meta["threshold"] < 1.0 and 0.0 <= meta["stage1_weight"] < 1.0
+    assert meta["train_scans"] == 5 and meta["val_scans"] == 2
 
     out = tmp_path / "out"
     code = main(["detect", str(tiny_phantoms), "-o", str(out), "--weights", str(weights), "--threshold", "0",
@@ -46,7 +56,11 @@ def test_train_both_stages_then_detect_and_evaluate(tiny_phantoms, tmp_path, cap
         rows = list(csv.DictReader(handle))
     assert rows, "threshold 0 keeps every candidate"
     assert {"stage1_score", "stage2_score"} <= set(rows[0])
-    assert all(float(r["score"]) == float(r["stage2_score"]) for r in rows)
+    from cmbdet.reclassifier.infer import final_score
+
+    for r in rows:  # the final score combines both stages as the weights say
+        expected = final_score(float(r["stage1_score"]), float(r["stage2_score"]), meta["stage1_weight"])
+        assert float(r["score"]) == pytest.approx(float(expected), abs=2e-4)
     capsys.readouterr()
     assert main(["evaluate", "--truth", str(tiny_phantoms / "truth.csv"), "--detections",
                  str(out / "detections.csv"), "--json"]) == 0

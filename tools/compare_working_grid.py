@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         prepared = prepare_scans(train, spacing)
         proposer = train_proposer(prepared, np.random.default_rng(args.seed), steps=args.steps,
                                   batch_size=args.batch_size, patch=patch, spacing_mm=spacing,
-                                  log=lambda line: print(f"[{spacing} mm] {line}", file=sys.stderr))
+                                  log=lambda line, grid=spacing: print(f"[{grid} mm] {line}", file=sys.stderr))
         del prepared
         train_seconds = time.perf_counter() - started
         report = validate_proposer(proposer, val)

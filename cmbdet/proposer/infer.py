@@ -56,10 +56,12 @@ def load_proposer(path: str | Path | None = None, *, device: str | None = None) 
                     device=dev, metadata=metadata)
 
 
-def likelihood_map(working: WorkingImage, proposer: Proposer) -> np.ndarray:
+def likelihood_map(working: WorkingImage, proposer: Proposer, *, mirror_average: bool = False) -> np.ndarray:
     """(I, J, K) float32 CMB likelihood in [0, 1] on the working grid (0 far outside the brain).
 
-    Only the bounding box of the brain mask (plus a margin) goes through the network.
+    Only the bounding box of the brain mask (plus a margin) goes through the network. With
+    ``mirror_average`` the left-right mirrored volume goes through too and the two maps are averaged
+    (test-time augmentation: twice the network time).
     """
     prob = np.zeros(working.image.shape, dtype=np.float32)
     if not working.mask.any():
@@ -74,7 +76,11 @@ def likelihood_map(working: WorkingImage, proposer: Proposer) -> np.ndarray:
     net = proposer.net.eval().to(memory_format=torch.channels_last_3d)  # ~2x faster 3-D convs on CPU
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(proposer.device)
-        out = torch.sigmoid(net(x.to(memory_format=torch.channels_last_3d)))[0, 0].float().cpu().numpy()
+        out = torch.sigmoid(net(x.to(memory_format=torch.channels_last_3d)))[0, 0]
+        if mirror_average:
+            mirrored = torch.sigmoid(net(x.flip(2).contiguous().to(memory_format=torch.channels_last_3d)))
+            out = (out + mirrored[0, 0].flip(0)) / 2
+        out = out.float().cpu().numpy()
     reach = np.maximum(np.round(MASK_MARGIN_MM / working.spacing_mm).astype(int), 0) * 2 + 1
     box = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
     near_brain = ndimage.maximum_filter(working.mask[box].astype(np.uint8), size=tuple(int(r) for r in reach))
@@ -124,14 +130,16 @@ def peaks_to_candidates(
 
 
 def propose_candidates(
-    volume: Volume | WorkingImage, proposer: Proposer, *, max_candidates: int = 30, min_score: float = 0.05
+    volume: Volume | WorkingImage, proposer: Proposer, *, max_candidates: int = 30, min_score: float = 0.05,
+    mirror_average: bool = False,
 ) -> Detections:
     """Stage 1: up to ``max_candidates`` CMB candidates, highest likelihood first (scanner RAS mm).
 
     Takes a `Volume`, or a `WorkingImage` already prepared at ``proposer.spacing_mm``.
+    ``mirror_average``: see `likelihood_map`.
     """
     working = volume if isinstance(volume, WorkingImage) else prepare_working_image(volume, proposer.spacing_mm)
-    prob = likelihood_map(working, proposer)
+    prob = likelihood_map(working, proposer, mirror_average=mirror_average)
     return peaks_to_candidates(prob, working.affine, max_candidates=max_candidates, min_score=min_score)
 
 

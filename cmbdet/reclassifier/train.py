@@ -139,20 +139,25 @@ def choose_operating_point(reclassifier: Reclassifier, mined: list[MinedScan]) -
 
 
 def train_reclassifier(
-    scans: list[LabelledScan], proposer: Proposer, rng: np.random.Generator, *, epochs: int = 30,
-    batch: int = 64, val_fraction: float = 0.15, fov_mm: float = FOV_MM, workdir: Path | None = None,
-    device: str = "cpu", log: Callable[[str], None] = print,
+    scans: list[LabelledScan], proposer: Proposer, rng: np.random.Generator, *,
+    val_scans: list[LabelledScan] | None = None, epochs: int = 30, batch: int = 64, val_fraction: float = 0.15,
+    fov_mm: float = FOV_MM, workdir: Path | None = None, device: str = "cpu", log: Callable[[str], None] = print,
 ) -> Reclassifier:
-    """Mine, write the patch dataset, train with ultralytics, choose the threshold; seeded by ``rng``."""
-    order = rng.permutation(len(scans))
-    n_val = max(1, int(round(val_fraction * len(scans)))) if len(scans) > 1 else 0
-    val_ids = set(order[:n_val].tolist())
+    """Mine, write the patch dataset, train with ultralytics, choose the operating point; seeded by
+    ``rng``. Validation (best epoch, operating point) is on ``val_scans`` if given, else on
+    ``val_fraction`` of the subjects of ``scans``, held out."""
+    if val_scans is None:
+        order = rng.permutation(len(scans))
+        n_val = max(1, int(round(val_fraction * len(scans)))) if len(scans) > 1 else 0
+        val_ids = set(order[:n_val].tolist())
+        val_scans = [s for n, s in enumerate(scans) if n in val_ids]
+        scans = [s for n, s in enumerate(scans) if n not in val_ids]
     mined_train, mined_val = [], []
-    for n, scan in enumerate(scans):
-        mined = mine_scan(scan, proposer, rng, fov_mm=fov_mm)
-        (mined_val if n in val_ids else mined_train).append(mined)
-        if (n + 1) % 10 == 0 or n + 1 == len(scans):
-            log(f"mined {n + 1}/{len(scans)} scans")
+    everything = [(s, mined_train) for s in scans] + [(s, mined_val) for s in val_scans]
+    for n, (scan, into) in enumerate(everything):
+        into.append(mine_scan(scan, proposer, rng, fov_mm=fov_mm))
+        if (n + 1) % 10 == 0 or n + 1 == len(everything):
+            log(f"mined {n + 1}/{len(everything)} scans")
     with tempfile.TemporaryDirectory(prefix="cmbdet-stage2-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         dataset = root / "patches"
