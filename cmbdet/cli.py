@@ -110,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="scans held out to measure recall and choose the stage-1-alone threshold")
     p.add_argument("--val", nargs="+", metavar="DATA",
                    help="separate labelled folder(s)/manifest(s) for validation instead of holding out "
-                        "--val-fraction of --data (all of --data is then trained on)")
+                        "--val-fraction of --data (all of --data is then trained on); a manifest needs "
+                        "truth.csv beside it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.set_defaults(run=_train_proposer)
@@ -126,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--val", nargs="+", metavar="DATA",
                    help="separate labelled folder(s)/manifest(s) to validate on and choose the operating point "
-                        "(default: 15%% of --data's subjects, held out)")
+                        "(default: 15%% of --data's subjects, held out); a manifest needs truth.csv beside it")
     p.add_argument("--fov-mm", type=float, default=FOV_MM,
                    help=f"side of the patch planes around each candidate, mm (default {FOV_MM:g}; 64 pixels; "
                         "stored in the weights and used at inference)")

@@ -14,6 +14,9 @@ done
 # Validation phantoms (never trained on): stage 2's best epoch and operating point are chosen here.
 [ -f "$DATA/val-s7001/truth.csv" ] || cmbdet phantom -o "$DATA/val-s7001" -n 30 --seed 7001 --no-montage
 # Stage 1, round 1 (from scratch) and round 2 (fine-tuning at a lower learning rate), on seeds 1-2.
+# The shipped rounds 1-2 were trained with the code of commit 02f5e46, before rotation and
+# thick-slice augmentation existed; with today's code these two commands give similar, not identical,
+# weights (the augmentations draw from the seeded generator too). Round 3 and stage 2 are today's code.
 cmbdet train proposer --data "$DATA/train-s1" "$DATA/train-s2" -o "$DATA/proposer_round1.safetensors" \
     --steps 1500 --batch-size 8 --seed 0
 cmbdet train proposer --data "$DATA/train-s1" "$DATA/train-s2" --init "$DATA/proposer_round1.safetensors" \
