@@ -200,17 +200,14 @@ def _train_proposer(args) -> int:
 
     from cmbdet.proposer.infer import load_proposer
     from cmbdet.proposer.train import prepare_scans, train_proposer, validate_proposer
-    from cmbdet.training_data import read_labelled_set
+    from cmbdet.training_data import hold_out, read_labelled_set
 
     scans = [s for source in args.data for s in read_labelled_set(source, args.truth)]
     rng = np.random.default_rng(args.seed)
     if args.val:
         train, val = scans, [s for source in args.val for s in read_labelled_set(source)]
     else:
-        order = rng.permutation(len(scans))
-        n_val = int(round(args.val_fraction * len(scans))) if len(scans) > 2 else 0
-        val = [scans[i] for i in order[:n_val]]
-        train = [scans[i] for i in order[n_val:]]
+        train, val = hold_out(scans, args.val_fraction, rng)
     print(f"preparing {len(train)} training scans ({len(val)} held out for validation) ...", file=sys.stderr)
     init = load_proposer(args.init, device=args.device) if args.init else None
     spacing_mm = init.spacing_mm if init is not None else args.spacing_mm

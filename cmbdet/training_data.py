@@ -40,6 +40,15 @@ class LabelledScan:
                 for p, d in zip(self.cmb_xyz_mm, self.cmb_diameter_mm, strict=True)]
 
 
+def hold_out(scans: list[LabelledScan], fraction: float, rng: np.random.Generator
+             ) -> tuple[list[LabelledScan], list[LabelledScan]]:
+    """(training, validation): ``fraction`` of the scans held out at random, by ``rng`` (at least one
+    if ``fraction`` > 0 and there are two or more; none if ``fraction`` is 0)."""
+    order = rng.permutation(len(scans))
+    n_val = max(1, int(round(fraction * len(scans)))) if len(scans) > 1 and fraction > 0 else 0
+    return [scans[i] for i in order[n_val:]], [scans[i] for i in order[:n_val]]
+
+
 def subject_from_filename(path: str | Path) -> str:
     """Subject id from a file name: BIDS ``sub-X[_ses-Y]`` entities if present, else the stem."""
     name = Path(path).name

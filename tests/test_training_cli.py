@@ -67,3 +67,16 @@ def test_train_both_stages_then_detect_and_evaluate(tiny_phantoms, tiny_validati
     result = json.loads(capsys.readouterr().out)
     assert result["pooled"]["n_subjects"] == 5
     assert result["pooled"]["n_subjects_error"] == 0
+
+
+def test_hold_out_splits_by_subject_and_honours_zero():
+    import numpy as np
+
+    from cmbdet.training_data import hold_out
+
+    scans = list(range(20))
+    train, val = hold_out(scans, 0.15, np.random.default_rng(0))
+    assert len(val) == 3 and sorted(train + val) == scans
+    train, val = hold_out(scans, 0.0, np.random.default_rng(0))
+    assert sorted(train) == scans and val == []
+    assert len(hold_out(scans[:2], 0.15, np.random.default_rng(0))[1]) == 1

@@ -13,6 +13,7 @@ lesion-level F1 on the validation subjects, end to end (stage 1 then stage 2).
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from cmbdet.proposer.infer import Proposer, propose_candidates
 from cmbdet.reclassifier.infer import CLASS_NAMES, Reclassifier, cmb_probability, final_score
 from cmbdet.reclassifier.patches import FOV_MM, PATCH_PIXELS, extract_patches
 from cmbdet.reclassifier.yolo import train_classifier
-from cmbdet.training_data import LabelledScan
+from cmbdet.training_data import LabelledScan, hold_out
 from cmbdet.volume import load_volume
 
 
@@ -132,8 +133,8 @@ def choose_operating_point(reclassifier: Reclassifier, mined: list[MinedScan]) -
             fused = final_score(stage1, scores, weight)
             detections += [dict(row, score=float(f)) for row, f in zip(m.candidate_rows, fused, strict=True)]
         threshold, pooled = best_f1_threshold(truth, detections)
-        f1 = pooled.get("f1", 0.0)
-        if f1 == f1 and f1 > best[0]:
+        f1 = pooled.get("f1", float("nan"))
+        if not math.isnan(f1) and f1 > best[0]:
             best = (f1, weight, threshold, pooled)
     return best[1], best[2], best[3]
 
@@ -147,11 +148,7 @@ def train_reclassifier(
     ``rng``. Validation (best epoch, operating point) is on ``val_scans`` if given, else on
     ``val_fraction`` of the subjects of ``scans``, held out."""
     if val_scans is None:
-        order = rng.permutation(len(scans))
-        n_val = max(1, int(round(val_fraction * len(scans)))) if len(scans) > 1 else 0
-        val_ids = set(order[:n_val].tolist())
-        val_scans = [s for n, s in enumerate(scans) if n in val_ids]
-        scans = [s for n, s in enumerate(scans) if n not in val_ids]
+        scans, val_scans = hold_out(scans, val_fraction, rng)
     mined_train, mined_val = [], []
     everything = [(s, mined_train) for s in scans] + [(s, mined_val) for s in val_scans]
     for n, (scan, into) in enumerate(everything):
