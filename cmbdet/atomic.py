@@ -1,6 +1,8 @@
 """Atomic file output: write to a temporary file beside the target, then rename it into place.
 
-A run that is interrupted or fails leaves either the old file or nothing, never half a file.
+A run that is interrupted or fails leaves either the old file or nothing, never half a file. A run
+killed outright (``kill -9``) can leave a temporary file behind; its name carries `TEMP_MARKER`
+(``.NAME.cmbdet-tmp-RANDOM.EXT``) so that `remove_stale_temp_files` can find it on the next run.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+#: Part of every temporary file name made by `atomic_path`.
+TEMP_MARKER = ".cmbdet-tmp-"
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -19,7 +24,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -44,3 +49,14 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that `atomic_path` left in ``folder`` and its sub-folders (a killed
+    run); returns what was removed. Only call it while no other process writes into ``folder``."""
+    removed = []
+    for path in Path(folder).rglob(f".*{TEMP_MARKER}*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("detect", parents=[common], help="find microbleeds in scans",
                        description="Find microbleeds in SWI / T2*-GRE scans with the shipped (or given) weights.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help=".nii/.nii.gz files, folders (searched recursively) or text files listing paths")
+                   help=".nii/.nii.gz files, folders (searched recursively), BIDS roots (SWI/T2starw/GRE/T2star "
+                        "magnitude), text files listing paths, or a manifest CSV (subject, image or path, session)")
     p.add_argument("-o", "--outdir", default="cmbdet_out", help="output folder (default: cmbdet_out)")
     p.add_argument("--weights", help="weights folder (default: the shipped weights/)")
     p.add_argument("--no-reclassify", action="store_true", help="run stage 1 (3D CNN) alone")
@@ -70,7 +71,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="multi-echo 4-D input: rss (root-sum-of-squares, default), first, last or a 0-based index")
     p.add_argument("--no-pictures", action="store_true", help="skip the review PNGs (faster)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: CUDA when present)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N subjects at a time in local worker processes (default 1: in this process)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run subjects as Ray tasks: on the cluster at ADDRESS (e.g. ray://head:10001), or without "
+                        "ADDRESS on the cluster of $RAY_ADDRESS or a local Ray instance; needs pip install "
+                        "'cmbdet[ray]' and inputs/OUTDIR on a filesystem all nodes see")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo every subject, also when OUTDIR holds a run with other settings")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-subject lines")
     p.set_defaults(run=_detect)
+
+    p = sub.add_parser("rescore", parents=[common], help="apply another threshold to a finished detect run",
+                       description="Rewrite detections.csv, counts.csv, label maps, markups, pictures and "
+                                   "index.html of a detect output folder at another threshold, from the "
+                                   "candidates kept per subject (no scans or models needed).")
+    p.add_argument("outdir", metavar="OUTDIR", help="output folder of cmbdet detect")
+    p.add_argument("--threshold", type=float, required=True, help="final score threshold in [0, 1]")
+    p.set_defaults(run=_rescore)
 
     p = sub.add_parser("phantom", parents=[common], help="write realistic synthetic scans with known CMBs",
                        description="Write synthetic SWI/GRE scans with ground truth (truth.csv, scanner RAS mm).")
@@ -139,33 +157,65 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _detect(args) -> int:
-    from cmbdet.pipeline import detect_batch, expand_inputs, load_detector
+    from cmbdet.batch import collect_inputs, progress_printer, run_batch
+    from cmbdet.pipeline import DetectJob
+    from cmbdet.report import write_report
 
-    scans = expand_inputs(args.inputs)
-    if not scans:
+    if args.workers < 1:
+        raise InputError(None, "--workers must be at least 1")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise InputError(None, f"--threshold must be in [0, 1], got {args.threshold:g}")
+    found = collect_inputs(args.inputs, exclude=[args.outdir])
+    if found.skipped and not args.quiet:
+        print(f"cmbdet: skipped {len(found.skipped)} file(s) that are not SWI/T2*-weighted magnitude scans: "
+              f"{found.skipped_summary()}", file=sys.stderr)
+    if not found.subjects:
         raise InputError(None, "no input scans found")
-    detector = load_detector(args.weights, reclassify=not args.no_reclassify, threshold=args.threshold,
-                             device=args.device)
-    stages = "stage 1 + stage 2" if detector.reclassifier is not None else "stage 1 only"
-    print(f"cmbdet {__version__}: {len(scans)} scan(s), {stages}, threshold {detector.threshold:.2f}",
-          file=sys.stderr)
+    job = DetectJob(args.weights, reclassify=not args.no_reclassify, threshold=args.threshold, echo=args.echo,
+                    pictures=not args.no_pictures, device=args.device)
+    settings = job.settings()
+    if not args.quiet:
+        stages = "stage 1 + stage 2" if settings["stage2"] else "stage 1 only"
+        where = (f"Ray {args.ray or '(local or $RAY_ADDRESS)'}" if args.ray is not None
+                 else f"{args.workers} worker process(es)" if args.workers > 1 else "1 process")
+        print(f"cmbdet {__version__}: {len(found.subjects)} subject(s), {stages}, threshold "
+              f"{settings['threshold']:.2f}, {where}", file=sys.stderr)
 
-    def progress(index: int, total: int, result) -> None:
-        what = f"{result.n_cmb} CMB" if result.status == "ok" else f"ERROR: {result.message}"
-        print(f"[{index}/{total}] {result.subject}: {what} ({result.seconds:.1f} s)", file=sys.stderr)
+    def describe(record) -> str:
+        return f"{record.counts.get('n_cmb', 0)} CMB" if record.status == "ok" else f"ERROR: {record.message}"
 
-    results = detect_batch(detector, scans, args.outdir, echo=args.echo, pictures=not args.no_pictures,
-                           progress=progress)
-    width = max(len("subject"), *(len(r.subject) for r in results))
-    print(f"{'subject':<{width}}  {'status':<6} {'n_cmb':>5} {'lobar':>5} {'deep':>5} {'infra':>5}")
-    for r in results:
-        c = r.counts
-        print(f"{r.subject:<{width}}  {r.status:<6} {c.get('n_cmb', ''):>5} {c.get('n_lobar', ''):>5} "
-              f"{c.get('n_deep', ''):>5} {c.get('n_infratentorial', ''):>5}")
-    failed = sum(r.status != "ok" for r in results)
-    print(f"wrote {Path(args.outdir) / 'detections.csv'} and counts.csv; {len(results) - failed} ok, {failed} failed",
-          file=sys.stderr)
+    progress, close = progress_printer(len(found.subjects), quiet=args.quiet, describe=describe)
+    try:
+        result = run_batch(job, found.subjects, args.outdir, workers=args.workers, use_ray=args.ray is not None,
+                           ray_address=args.ray or None, overwrite=args.overwrite, progress=progress,
+                           report=write_report)
+    finally:
+        close()
+    records = result.records
+    if len(records) <= 50:
+        width = max(len("subject"), *(len(r.subject) for r in records))
+        print(f"{'subject':<{width}}  {'status':<6} {'n_cmb':>5} {'lobar':>5} {'deep':>5} {'infra':>5}")
+        for r in records:
+            c = r.counts
+            print(f"{r.subject:<{width}}  {r.status:<6} {c.get('n_cmb', ''):>5} {c.get('n_lobar', ''):>5} "
+                  f"{c.get('n_deep', ''):>5} {c.get('n_infratentorial', ''):>5}")
+    failed = len(result.failed)
+    if not args.quiet:
+        done_before = f", {result.skipped_done} already done" if result.skipped_done else ""
+        cleaned = f", {len(result.cleaned)} stale temp file(s) removed" if result.cleaned else ""
+        print(f"wrote {Path(args.outdir) / 'detections.csv'}, counts.csv and index.html; {len(records) - failed} ok, "
+              f"{failed} failed{done_before}{cleaned}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _rescore(args) -> int:
+    from cmbdet.pipeline import rescore
+
+    records = rescore(args.outdir, args.threshold)
+    n_cmb = sum(int(r.counts.get("n_cmb") or 0) for r in records)
+    print(f"rescored {len(records)} subject(s) at threshold {args.threshold:g}: {n_cmb} CMB in all; rewrote "
+          f"{Path(args.outdir) / 'detections.csv'}, counts.csv, label maps, markups and index.html", file=sys.stderr)
+    return 0
 
 
 def _phantom(args) -> int:

@@ -1,22 +1,29 @@
-"""The Python API: a `Detector` wires the stages; `detect_batch` runs many scans and writes outputs.
+"""The Python API: a `Detector` wires the stages; `DetectJob` is its per-subject work in a cohort run.
 
     from cmbdet.pipeline import load_detector
     from cmbdet.volume import load_volume
     detector = load_detector()                      # shipped weights, CPU or CUDA
     detections = detector.detect(load_volume("scan.nii.gz"))
     detections.xyz_mm, detections.score, detections.region
+
+Batches (inputs, resume, worker processes, Ray) are `cmbdet.batch`; `DetectJob` plugs the detector
+into it and keeps every candidate per subject, so that `rescore` can apply another threshold later
+without the scans. Torch is imported only when a model is loaded (a rerun with nothing to do never
+pays for it).
 """
 
 from __future__ import annotations
 
 import json
-import time
 import warnings
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
 
 from cmbdet import __version__
+from cmbdet.batch import Subject, SubjectRecord, sha256_file
 from cmbdet.detections import Detections
 from cmbdet.errors import InputError
 from cmbdet.outputs import (
@@ -28,19 +35,19 @@ from cmbdet.outputs import (
     write_label_map,
     write_markups,
     write_review_picture,
-    write_text_atomic,
 )
-from cmbdet.preprocess import prepare_working_image
-from cmbdet.proposer.infer import Proposer, load_proposer, propose_candidates
-from cmbdet.regions import assign_regions
-from cmbdet.training_data import subject_from_filename
-from cmbdet.volume import Volume, load_volume
-from cmbdet.weights import SHIPPED_WEIGHTS_DIR
+from cmbdet.volume import SourceGrid, Volume, load_volume
+from cmbdet.weights import SHIPPED_WEIGHTS_DIR, read_metadata
+
+if TYPE_CHECKING:
+    from cmbdet.proposer.infer import Proposer
 
 #: Final-score threshold used when the weights do not carry one.
 DEFAULT_THRESHOLD = 0.5
-#: Stage-1 likelihood below which a peak is not a candidate (unless the final threshold is lower).
+#: Stage-1 likelihood below which a peak is not a detection (unless the final threshold is lower).
 MIN_CANDIDATE_SCORE = 0.05
+#: Stage-1 likelihood down to which candidates are kept per subject in a cohort run (for `rescore`).
+KEPT_CANDIDATE_SCORE = 0.01
 
 
 @dataclass
@@ -54,16 +61,33 @@ class Detector:
 
     def detect(self, volume: Volume) -> Detections:
         """Microbleeds in one scan, highest score first; positions in scanner RAS mm."""
+        return select_detections(self.candidates(volume, min_stage1=MIN_CANDIDATE_SCORE), self.threshold)
+
+    def candidates(self, volume: Volume, *, min_stage1: float = KEPT_CANDIDATE_SCORE) -> Detections:
+        """Every candidate (up to ``max_candidates``) with its stage scores, final score and region,
+        highest final score first: what `detect` chooses from. Candidates with a stage-1 likelihood
+        below ``min_stage1`` (or below the threshold, if that is lower) are not kept."""
+        from cmbdet.preprocess import prepare_working_image
+        from cmbdet.proposer.infer import propose_candidates
+        from cmbdet.regions import assign_regions
+
         working = prepare_working_image(volume, self.proposer.spacing_mm)
-        # A threshold under the usual stage-1 floor (0 for an FROC) keeps weaker candidates too.
         found = propose_candidates(working, self.proposer, max_candidates=self.max_candidates,
-                                   min_score=min(MIN_CANDIDATE_SCORE, self.threshold))
+                                   min_score=min(min_stage1, self.threshold))
         if self.reclassifier is not None:
             from cmbdet.reclassifier.infer import reclassify
 
             found = reclassify(volume, found, self.reclassifier)
-        found = found.subset(found.score >= self.threshold).sorted_by_score()
-        return assign_regions(found, working.mask, working.affine)
+        return assign_regions(found.sorted_by_score(), working.mask, working.affine)
+
+
+def select_detections(candidates: Detections, threshold: float) -> Detections:
+    """The detections among `Detector.candidates` at a final-score ``threshold``: score >= threshold
+    and a stage-1 likelihood of at least `MIN_CANDIDATE_SCORE` (or the threshold, if lower), in
+    score order. The same as `Detector.detect` at that threshold."""
+    stage1 = candidates.stage_scores.get("stage1", candidates.score)
+    keep = (stage1 >= min(MIN_CANDIDATE_SCORE, threshold)) & (candidates.score >= threshold)
+    return candidates.subset(keep).sorted_by_score()
 
 
 def load_detector(
@@ -78,9 +102,9 @@ def load_detector(
     ``reclassify=False`` runs stage 1 alone. ``threshold`` overrides the operating point stored
     with the weights (final score in [0, 1]; 0 keeps every candidate, e.g. for an FROC).
     """
-    folder = Path(weights_dir) if weights_dir is not None else SHIPPED_WEIGHTS_DIR
-    if not folder.is_dir():
-        raise InputError(folder, "weights folder not found")
+    from cmbdet.proposer.infer import load_proposer
+
+    folder = _weights_folder(weights_dir)
     proposer = load_proposer(folder / "proposer.safetensors", device=device)
     reclassifier = None
     stored = proposer.metadata.get("threshold", DEFAULT_THRESHOLD)
@@ -94,134 +118,221 @@ def load_detector(
                     threshold=float(stored if threshold is None else threshold))
 
 
-# --- batches ------------------------------------------------------------------------------------
+def _weights_folder(weights_dir: str | Path | None) -> Path:
+    folder = Path(weights_dir) if weights_dir is not None else SHIPPED_WEIGHTS_DIR
+    if not folder.is_dir():
+        raise InputError(folder, "weights folder not found")
+    return folder
+
+
+# --- the detector's per-subject work in a cohort run (see cmbdet.batch) ------------------------
 
 
 @dataclass
-class SubjectResult:
-    subject: str
-    input_path: Path
-    status: str  # "ok" or "error"
-    message: str = ""
-    n_cmb: int = 0
-    seconds: float = 0.0
-    counts: dict = field(default_factory=dict)
+class DetectJob:
+    """`cmbdet.batch.SubjectJob` for microbleeds: load a subject's scan, keep every candidate, write
+    its label map, markups, review picture and candidates; its rows of ``detections.csv`` and
+    ``counts.csv`` go into its record. The detector is loaded on the first subject (once per worker)."""
+
+    weights_dir: str | Path | None = None
+    reclassify: bool = True
+    threshold: float | None = None
+    echo: str | int = "rss"
+    pictures: bool = True
+    device: str | None = None
+    _detector: Detector | None = field(default=None, repr=False, compare=False)
+
+    name: ClassVar[str] = "cmb"
+    tables: ClassVar[dict[str, tuple[str, ...]]] = {"detections.csv": DETECTION_COLUMNS, "counts.csv": COUNT_COLUMNS}
+
+    def __getstate__(self) -> dict:  # models are never pickled: each worker loads its own
+        return {**self.__dict__, "_detector": None}
+
+    def weight_files(self) -> list[Path]:
+        folder = _weights_folder(self.weights_dir)
+        files = [folder / "proposer.safetensors"]
+        if not files[0].is_file():
+            raise InputError(files[0], "weights file not found")
+        if self.reclassify and (folder / "reclassifier.safetensors").is_file():
+            files.append(folder / "reclassifier.safetensors")
+        return files
+
+    def resolved_threshold(self) -> float:
+        """The final-score threshold: the given one, else the operating point stored with the weights."""
+        if self.threshold is not None:
+            return float(self.threshold)
+        files = self.weight_files()
+        return float(read_metadata(files[-1]).get("threshold", DEFAULT_THRESHOLD))
+
+    def settings(self) -> dict:
+        """What a run's results depend on (a rerun with other settings is refused): the weights'
+        SHA-256, the threshold, the echo choice and the cmbdet version. Cheap: no model is loaded."""
+        files = self.weight_files()
+        return {
+            "cmbdet_version": __version__,
+            "weights": {f.name: sha256_file(f) for f in files},
+            "stage2": len(files) > 1,
+            "threshold": round(self.resolved_threshold(), 6),
+            "echo": str(self.echo),
+        }
+
+    def detector(self) -> Detector:
+        if self._detector is None:
+            self._detector = load_detector(self.weights_dir, reclassify=self.reclassify,
+                                           threshold=self.resolved_threshold(), device=self.device)
+        return self._detector
+
+    def run(self, subject: Subject, outdir: Path) -> SubjectRecord:
+        detector = self.detector()
+        paths = subject.paths
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            volume = load_volume(paths[0] if len(paths) == 1 else list(paths), echo=self.echo)
+            candidates = detector.candidates(volume)
+        notes = list(volume.notes) + [str(w.message) for w in caught if str(w.message) not in volume.notes]
+        files = write_candidates(volume, candidates, outdir, subject.subject,
+                                 min_stage1=min(KEPT_CANDIDATE_SCORE, detector.threshold))
+        return self._record(subject.subject, subject.input_label, outdir, volume, candidates, detector.threshold,
+                            "; ".join(notes), files)
+
+    def _record(self, subject: str, input_label: str, outdir: Path, volume: Volume, candidates: Detections,
+                threshold: float, message: str, files: dict[str, str]) -> SubjectRecord:
+        from cmbdet.batch import settings_id
+
+        detections = select_detections(candidates, threshold)
+        files = dict(files, **write_subject_outputs(volume, detections, outdir, subject, pictures=self.pictures))
+        return SubjectRecord(
+            subject=subject, inputs=input_label.split(";"), input_sha256=None,
+            settings_id=settings_id(self.settings()), status="ok", message=message,
+            counts=count_row(subject, detections, message=message, input_path=input_label),
+            rows=detections.to_rows(subject, volume), files=files)
+
+    def error_record(self, subject: Subject, message: str) -> SubjectRecord:
+        from cmbdet.batch import settings_id
+
+        return SubjectRecord(subject=subject.subject, inputs=[str(p) for p in subject.paths], input_sha256=None,
+                             settings_id=settings_id(self.settings()), status="error", message=message,
+                             counts=error_row(subject.subject, message, subject.input_label))
 
 
-def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files, folders (searched recursively for .nii/.nii.gz) and text files listing paths -> scans.
-
-    A path that does not exist is kept, so that it is reported as that subject's error.
-    """
-    scans: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_nifti(p) and not p.name.startswith("."))
-            if not found:
-                warnings.warn(f"{path}: folder holds no .nii/.nii.gz file", stacklevel=2)
-            scans.extend(found)
-        elif path.is_file() and not _is_nifti(path) and path.suffix.lower() in (".txt", ".lst", ".list", ".csv"):
-            scans.extend(_read_list(path))
-        else:
-            scans.append(path)
-    return scans
-
-
-def detect_batch(
-    detector: Detector,
-    scans: Sequence[Path],
-    outdir: str | Path,
-    *,
-    echo: str | int = "rss",
-    pictures: bool = True,
-    progress: Callable[[int, int, SubjectResult], None] | None = None,
-) -> list[SubjectResult]:
-    """Run the detector on every scan; one bad scan never stops the others.
-
-    Writes (atomically, updated after every subject) ``OUTDIR/detections.csv``, ``OUTDIR/counts.csv``
-    and ``OUTDIR/run.json``, and per subject ``OUTDIR/<subject>/<subject>_desc-cmb_dseg.nii.gz``
-    (label map in the input's grid), ``..._cmb.mrk.json`` (3D Slicer markups) and ``..._review.png``.
-    """
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    subjects = _unique_subjects(scans)
-    detection_rows: list[dict] = []
-    count_rows: list[dict] = []
-    results: list[SubjectResult] = []
-    for index, (path, subject) in enumerate(zip(scans, subjects, strict=True), start=1):
-        started = time.perf_counter()
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                volume = load_volume(path, echo=echo)
-                detections = detector.detect(volume)
-                folder = outdir / subject
-                write_label_map(volume, detections, folder / f"{subject}_desc-cmb_dseg.nii.gz")
-                write_markups(detections, subject, folder / f"{subject}_cmb.mrk.json")
-                if pictures:
-                    write_review_picture(volume, detections, subject, folder / f"{subject}_review.png")
-            message = "; ".join(volume.notes)
-            detection_rows.extend(detections.to_rows(subject, volume))
-            row = count_row(subject, detections, message=message, input_path=str(path))
-            result = SubjectResult(subject, Path(path), "ok", message, len(detections),
-                                   time.perf_counter() - started, row)
-            for w in caught:
-                if not str(w.message).startswith(str(path)):
-                    warnings.warn(f"{path}: {w.message}", stacklevel=2)
-        except InputError as err:
-            row = error_row(subject, str(err), str(path))
-            result = SubjectResult(subject, Path(path), "error", str(err), 0, time.perf_counter() - started, row)
-        except Exception as err:  # a bug or an unforeseen file: report it, go on with the others
-            message = f"{path}: unexpected {type(err).__name__}: {err}"
-            row = error_row(subject, message, str(path))
-            result = SubjectResult(subject, Path(path), "error", message, 0, time.perf_counter() - started, row)
-        count_rows.append(row)
-        results.append(result)
-        write_csv_atomic(outdir / "detections.csv", detection_rows, DETECTION_COLUMNS)
-        write_csv_atomic(outdir / "counts.csv", count_rows, COUNT_COLUMNS)
-        if progress is not None:
-            progress(index, len(scans), result)
-    write_text_atomic(outdir / "run.json", json.dumps(_run_record(detector, results), indent=1))
-    return results
-
-
-def _run_record(detector: Detector, results: list[SubjectResult]) -> dict:
+def subject_files(subject: str) -> dict[str, str]:
+    """The per-subject files of a microbleed run, relative to OUTDIR."""
     return {
-        "cmbdet_version": __version__,
-        "threshold": detector.threshold,
-        "stage2": detector.reclassifier is not None,
-        "proposer": {k: v for k, v in detector.proposer.metadata.items() if k != "history"},
-        "subjects": [{"subject": r.subject, "input": str(r.input_path), "status": r.status,
-                      "n_cmb": r.n_cmb, "seconds": round(r.seconds, 2), "message": r.message} for r in results],
+        "label_map": f"{subject}/{subject}_desc-cmb_dseg.nii.gz",
+        "markups": f"{subject}/{subject}_cmb.mrk.json",
+        "review": f"{subject}/{subject}_review.png",
+        "candidates": f"{subject}/{subject}_candidates.npz",
+        "candidates_csv": f"{subject}/{subject}_candidates.csv",
     }
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith((".nii", ".nii.gz"))
+def write_subject_outputs(volume: Volume, detections: Detections, outdir: Path, subject: str, *,
+                          pictures: bool = True) -> dict[str, str]:
+    """Label map (in the input's grid), markups and (if ``pictures``) review picture of a subject's
+    detections; returns what was written, relative to OUTDIR."""
+    names = subject_files(subject)
+    write_label_map(volume, detections, outdir / names["label_map"])
+    write_markups(detections, subject, outdir / names["markups"])
+    written = {k: names[k] for k in ("label_map", "markups")}
+    if pictures:
+        write_review_picture(volume, detections, subject, outdir / names["review"])
+        written["review"] = names["review"]
+    return written
 
 
-def _read_list(path: Path) -> list[Path]:
-    out = []
-    for line in path.read_text().splitlines():
-        line = line.strip().split(",")[0].strip()
-        if not line or line.startswith("#") or line.lower() in ("path", "image", "input"):
-            continue
-        item = Path(line)
-        out.append(item if item.is_absolute() else path.parent / item)
-    return out
+def write_candidates(volume: Volume, candidates: Detections, outdir: Path, subject: str, *,
+                     min_stage1: float) -> dict[str, str]:
+    """Every candidate of a subject with its scores (``_candidates.csv``, the ``detections.csv``
+    columns) and, for `rescore`, the same arrays plus the input's grid (``_candidates.npz``)."""
+    from cmbdet.atomic import atomic_path
+
+    names = subject_files(subject)
+    write_csv_atomic(outdir / names["candidates_csv"], candidates.to_rows(subject, volume), DETECTION_COLUMNS)
+    arrays = {
+        "xyz_mm": candidates.xyz_mm, "score": candidates.score, "diameter_mm": candidates.diameter_mm,
+        "region": candidates.region.astype(str), "min_stage1": np.float64(min_stage1),
+        "canonical_shape": np.asarray(volume.shape), "canonical_affine": volume.affine,
+        "source_shape": np.asarray(volume.source.shape), "source_affine": volume.source.affine,
+        "source_ornt": volume.source.ornt,
+        **{f"stage_{k}": v for k, v in candidates.stage_scores.items()},
+    }
+    with atomic_path(outdir / names["candidates"]) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    return {k: names[k] for k in ("candidates", "candidates_csv")}
 
 
-def _unique_subjects(scans: Sequence[Path]) -> list[str]:
-    """Subject ids from file names; repeated ids get ``-2``, ``-3`` ... (with a warning)."""
-    seen: dict[str, int] = {}
-    out = []
-    for path in scans:
-        subject = subject_from_filename(path)
-        seen[subject] = seen.get(subject, 0) + 1
-        if seen[subject] > 1:
-            warnings.warn(f"{path}: subject id {subject!r} repeats in this batch; written as "
-                          f"{subject}-{seen[subject]}", stacklevel=3)
-            subject = f"{subject}-{seen[subject]}"
-        out.append(subject)
-    return out
+def read_candidates(path: str | Path) -> tuple[Detections, Volume, float]:
+    """(candidates, a data-less `Volume` on the input's grid, the stage-1 floor they were kept down to)
+    from a ``_candidates.npz``. The volume's voxels are all 0 (no scan is read): enough to write label
+    maps and table rows in the input's grid."""
+    with np.load(path, allow_pickle=False) as saved:
+        stages = {k[len("stage_"):]: saved[k] for k in saved.files if k.startswith("stage_")}
+        candidates = Detections(saved["xyz_mm"], saved["score"], saved["diameter_mm"],
+                                region=saved["region"].astype(object), stage_scores=stages)
+        shape = tuple(int(v) for v in saved["canonical_shape"])
+        grid = SourceGrid(shape=tuple(int(v) for v in saved["source_shape"]), affine=saved["source_affine"],
+                          ornt=saved["source_ornt"])
+        volume = Volume(data=np.broadcast_to(np.float32(0), shape), affine=saved["canonical_affine"], source=grid)
+        return candidates, volume, float(saved["min_stage1"])
+
+
+def rescore(outdir: str | Path, threshold: float, *, report: bool = True) -> list[SubjectRecord]:
+    """Apply another final-score threshold to a finished ``cmbdet detect`` output folder, without the
+    scans or the models: from each subject's kept candidates, rewrite its label map, markups, review
+    picture and record, then ``detections.csv``, ``counts.csv``, ``run.json`` (and ``index.html``).
+    Subjects that failed stay failed (a later ``detect`` with the new threshold retries them).
+    Returns the records of the subjects rescored, by subject."""
+    from cmbdet.atomic import remove_stale_temp_files, write_text_atomic
+    from cmbdet.batch import _outdir_lock, _subject_summary, load_records, save_record, settings_id, write_tables
+
+    outdir = Path(outdir)
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(None, f"--threshold must be in [0, 1], got {threshold:g}")
+    try:
+        run_info = json.loads((outdir / "run.json").read_text())
+        settings = run_info["settings"]
+    except (OSError, ValueError, KeyError):
+        raise InputError(outdir, "not an output folder of cmbdet detect (no readable run.json with settings)") from None
+    old_id = settings_id(settings)
+    new_settings = dict(settings, threshold=round(float(threshold), 6))
+    new_id = settings_id(new_settings)
+    with _outdir_lock(outdir):
+        remove_stale_temp_files(outdir)
+        records = [r for r in load_records(outdir, DetectJob.name) if r.settings_id in (old_id, new_id)]
+        kept = {}
+        for record in records:
+            if record.status == "ok":
+                path = outdir / record.files.get("candidates", "")
+                if not path.is_file():
+                    raise InputError(path, "candidates file missing: rerun cmbdet detect for this subject")
+                kept[record.subject] = read_candidates(path)
+                if threshold < kept[record.subject][2]:
+                    raise InputError(path, f"candidates were kept down to a stage-1 score of "
+                                           f"{kept[record.subject][2]:g}; a lower threshold needs a new detect run")
+        for record in records:
+            record.settings_id = new_id
+            if record.status == "ok":
+                candidates, volume, _ = kept[record.subject]
+                detections = select_detections(candidates, threshold)
+                files = {k: v for k, v in record.files.items() if k in ("candidates", "candidates_csv")}
+                pictures = "review" in record.files
+                files.update(write_subject_outputs(volume, detections, outdir, record.subject, pictures=False))
+                if pictures:  # pictures are redrawn from the views kept with the candidates
+                    (outdir / record.files["review"]).unlink(missing_ok=True)
+                record.files = files
+                input_label = ";".join(record.inputs)
+                record.counts = count_row(record.subject, detections, message=record.message, input_path=input_label)
+                record.rows = detections.to_rows(record.subject, volume)
+            else:
+                record.counts = error_row(record.subject, record.message, ";".join(record.inputs))
+            save_record(outdir, record, DetectJob.name)
+        write_tables(outdir, DetectJob.tables, records)
+        run_info.update(new_settings, settings=new_settings, settings_id=new_id,
+                        rescored=f"threshold {settings.get('threshold')} -> {new_settings['threshold']}",
+                        subjects=[_subject_summary(r) for r in records])
+        write_text_atomic(outdir / "run.json", json.dumps(run_info, indent=1))
+        if report:
+            from cmbdet.report import write_report
+
+            write_report(outdir, run_info, records)
+    return records

@@ -7,17 +7,22 @@ code from the file (unlike pickle-based ``.pt``), and nothing is ever downloaded
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
-
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from cmbdet.atomic import atomic_path
 from cmbdet.errors import InputError
 
-#: The weights shipped with cmbdet (a clone or editable install keeps them beside the package).
-SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+if TYPE_CHECKING:
+    import torch
+
+#: Where the shipped weights are: inside the package in a wheel / ``pip install .`` (the build copies
+#: the repository's top-level ``weights/`` to ``cmbdet/_weights/``, see pyproject.toml), else the
+#: ``weights/`` folder beside the package (a clone or an editable install).
+_PACKAGED_WEIGHTS_DIR = Path(__file__).resolve().parent / "_weights"
+_CHECKOUT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+SHIPPED_WEIGHTS_DIR = _PACKAGED_WEIGHTS_DIR if _PACKAGED_WEIGHTS_DIR.is_dir() else _CHECKOUT_WEIGHTS_DIR
 
 
 def shipped_weights(name: str) -> Path:
@@ -31,6 +36,8 @@ def shipped_weights(name: str) -> Path:
 
 def save_state(path: str | Path, state: dict[str, torch.Tensor], metadata: dict) -> Path:
     """Save tensors and JSON-able metadata atomically as safetensors."""
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"cmbdet": json.dumps(metadata)})
@@ -39,6 +46,8 @@ def save_state(path: str | Path, state: dict[str, torch.Tensor], metadata: dict)
 
 def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Load tensors (CPU) and the metadata saved by `save_state`."""
+    from safetensors import safe_open
+
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "weights file not found")
@@ -55,6 +64,24 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def pick_device(device: str | None = None) -> torch.device:
     """``device`` if given, else CUDA when present, else CPU."""
+    import torch
+
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The metadata saved by `save_state`, read from the safetensors header alone (no tensors, no torch):
+    8 bytes little-endian header length, then a JSON header whose ``__metadata__`` holds it."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        return json.loads(header.get("__metadata__", {}).get("cmbdet", "{}"))
+    except FileNotFoundError:
+        raise InputError(path, "weights file not found") from None
+    except (OSError, ValueError, struct.error) as err:
+        raise InputError(path, f"not a cmbdet weights file ({type(err).__name__}: {err})") from None
+
