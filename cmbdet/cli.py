@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    _keep_home_clean()
     previous = warnings.showwarning
     warnings.showwarning = _one_line_warning
     try:
@@ -36,6 +37,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = previous
+
+
+def _keep_home_clean() -> None:
+    """Point matplotlib's cache at a private folder in the temp dir (kept between runs, for its font
+    list), so that a run writes nothing under the user's home. Ultralytics gets its own private
+    config folder in `cmbdet.reclassifier.yolo`. A value the user set is kept."""
+    import os
+    import tempfile
+
+    if "MPLCONFIGDIR" not in os.environ:
+        uid = os.getuid() if hasattr(os, "getuid") else "user"
+        folder = Path(tempfile.gettempdir()) / f"cmbdet-{uid}" / "matplotlib"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.environ["MPLCONFIGDIR"] = str(folder)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
