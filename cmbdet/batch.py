@@ -89,7 +89,7 @@ def parse_file_name(path: str | Path) -> tuple[str, int | None, dict[str, str], 
     """
     stem = _stem(Path(path).name)
     parts = stem.split("_")
-    if parts[0].startswith("sub-"):
+    if _ENTITY.fullmatch(parts[0]) and parts[0].startswith("sub-"):
         entities = {}
         suffix = None
         for n, part in enumerate(parts):
