@@ -26,7 +26,8 @@ def test_subject_ids_keep_every_bids_entity_but_echo_and_part():
     assert parse_file_name("sub-01_ses-2_acq-fast_run-3_echo-2_part-mag_swi.nii.gz")[:2] == \
         ("sub-01_ses-2_acq-fast_run-3", 2)
     assert parse_file_name("sub-01_T2starw.nii")[0] == "sub-01"
-    assert parse_file_name("/x/ADNI_002_S_0295_MR_Axial_T2-Star_e3.nii.gz")[:2] == ("ADNI_002_S_0295_MR_Axial_T2-Star", 3)
+    assert parse_file_name("/x/ADNI_002_S_0295_MR_Axial_T2-Star_e3.nii.gz")[:2] == \
+        ("ADNI_002_S_0295_MR_Axial_T2-Star", 3)
     assert parse_file_name("scan.nii.gz")[:2] == ("scan", None)
 
 
