@@ -147,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
                         "truth.csv beside it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(run=_train_proposer)
 
     p = train_sub.add_parser("reclassifier", parents=[common], help="train the stage-2 YOLO classifier",
@@ -167,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="keep the patch images and ultralytics run here (default: a temp folder)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(run=_train_reclassifier)
     return parser
 
@@ -260,6 +262,18 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _training_output(args):
+    """(log, progress bar?) for the train commands: a tqdm bar on a terminal (log lines written above
+    it), plain log lines when stderr is a file or pipe, nothing with --quiet."""
+    if args.quiet:
+        return (lambda line: None), False
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return (lambda line: tqdm.write(line, file=sys.stderr)), True
+    return (lambda line: print(line, file=sys.stderr, flush=True)), False
+
+
 def _train_proposer(args) -> int:
     import numpy as np
 
@@ -273,20 +287,20 @@ def _train_proposer(args) -> int:
         train, val = scans, [s for source in args.val for s in read_labelled_set(source)]
     else:
         train, val = hold_out(scans, args.val_fraction, rng)
-    print(f"preparing {len(train)} training scans ({len(val)} held out for validation) ...", file=sys.stderr)
+    log, bar = _training_output(args)
+    log(f"preparing {len(train)} training scans ({len(val)} held out for validation) ...")
     init = load_proposer(args.init, device=args.device) if args.init else None
     spacing_mm = init.spacing_mm if init is not None else args.spacing_mm
     prepared = prepare_scans(train, spacing_mm)
     proposer = train_proposer(prepared, rng, steps=args.steps, batch_size=args.batch_size, device=args.device,
-                              spacing_mm=spacing_mm, lr=args.lr, init=init,
-                              log=lambda line: print(line, file=sys.stderr))
+                              spacing_mm=spacing_mm, lr=args.lr, init=init, log=log, progress=bar)
     proposer.metadata.update(seed=args.seed, data=[str(d) for d in args.data],
                              val_data=[str(d) for d in args.val or []])
     if val:
         report = validate_proposer(proposer, val)
         proposer.metadata.update(report)
-        print("validation: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                                         for k, v in report.items()), file=sys.stderr)
+        log("validation: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in report.items()))
     proposer.save(args.output)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
@@ -306,7 +320,7 @@ def _train_reclassifier(args) -> int:
     reclassifier = train_reclassifier(scans, proposer, rng, val_scans=val, epochs=args.epochs,
                                       batch=args.batch_size, fov_mm=args.fov_mm, device=args.device,
                                       workdir=Path(args.workdir) if args.workdir else None,
-                                      log=lambda line: print(line, file=sys.stderr))
+                                      log=_training_output(args)[0], progress=_training_output(args)[1])
     reclassifier.metadata.update(seed=args.seed, data=[str(d) for d in args.data],
                                  val_data=[str(d) for d in args.val or []])
     reclassifier.save(args.output)

@@ -182,3 +182,31 @@ def test_ray_on_a_local_instance_gives_the_same_detections(tmp_path, random_weig
     assert [r.status for r in result.records] == ["ok"] * 3
     for name in ("detections.csv", "counts.csv"):
         assert (local / name).read_text() == (distributed / name).read_text(), name
+
+
+def test_progress_is_plain_lines_in_a_log_a_bar_on_a_terminal_and_nothing_when_quiet(tmp_path, random_weights,
+                                                                                      capsys):
+    import io
+
+    from cmbdet.batch import SubjectRecord, progress_printer
+
+    scans = _cohort(tmp_path / "scans", 2)
+    base = ["detect", str(scans), "--weights", str(random_weights), "--no-pictures"]
+    assert main([*base, "-o", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "[1/2] sub-00: " in err and "[2/2] sub-01: " in err and "ETA 0:00:00" in err, err
+    assert main([*base, "-o", str(tmp_path / "b"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    update, close = progress_printer(3, stream=terminal)
+    for n, status in enumerate(("ok", "error", "ok"), start=1):
+        update(SubjectRecord(f"s{n}", [], None, "", status, message="broken.nii: no such file"), n, 3)
+    close()
+    shown = terminal.getvalue()
+    assert "3/3" in shown and "100%" in shown and "s2: ERROR: broken.nii: no such file" in shown

@@ -147,9 +147,15 @@ def train_proposer(
     device: str | None = None,
     init: Proposer | None = None,
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> Proposer:
     """Train a proposer on prepared scans, from scratch or from ``init`` (fine-tuning: its width and
-    working grid are kept); deterministic for a given ``rng`` state."""
+    working grid are kept); deterministic for a given ``rng`` state. ``progress``: a tqdm bar with the
+    loss and ETA on stderr (``log`` lines every 50 steps either way, with the ETA)."""
+    import sys
+
+    from tqdm import tqdm
+
     if patch % 4:
         raise ValueError("patch must be a multiple of 4")
     torch.manual_seed(int(rng.integers(2**31)))
@@ -160,7 +166,9 @@ def train_proposer(
     with_cmb = [s for s in scans if len(s.cmb_ijk)]
     with_mimic = [s for s in scans if len(s.mimic_ijk)]
     started, running = time.time(), 0.0
-    for step in range(1, steps + 1):
+    bar = tqdm(range(1, steps + 1), desc="training stage 1", unit="step", file=sys.stderr, dynamic_ncols=True,
+               disable=not progress, leave=False)
+    for step in bar:
         images, targets = [], []
         for _ in range(batch_size):
             draw = rng.random()
@@ -184,8 +192,13 @@ def train_proposer(
         schedule.step()
         value = float(loss.detach())
         running = 0.95 * running + 0.05 * value if step > 1 else value
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{running:.4f}", refresh=False)
         if step % 50 == 0 or step == steps:
-            log(f"step {step}/{steps}  loss {running:.4f}  {time.time() - started:.0f} s")
+            elapsed = time.time() - started
+            eta = elapsed / step * (steps - step)
+            log(f"step {step}/{steps}  loss {running:.4f}  {elapsed:.0f} s  ETA {eta:.0f} s")
+    bar.close()
     net.eval()
     # Fine-tuning keeps a record of the earlier training rounds.
     history = [] if init is None else [*init.metadata.get("history", []), {

@@ -143,15 +143,22 @@ def train_reclassifier(
     scans: list[LabelledScan], proposer: Proposer, rng: np.random.Generator, *,
     val_scans: list[LabelledScan] | None = None, epochs: int = 30, batch: int = 64, val_fraction: float = 0.15,
     fov_mm: float = FOV_MM, workdir: Path | None = None, device: str = "cpu", log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> Reclassifier:
     """Mine, write the patch dataset, train with ultralytics, choose the operating point; seeded by
     ``rng``. Validation (best epoch, operating point) is on ``val_scans`` if given, else on
-    ``val_fraction`` of the subjects of ``scans``, held out."""
+    ``val_fraction`` of the subjects of ``scans``, held out. ``progress``: a tqdm bar with ETA on stderr
+    while candidates are mined (ultralytics reports its epochs itself)."""
+    import sys
+
+    from tqdm import tqdm
+
     if val_scans is None:
         scans, val_scans = hold_out(scans, val_fraction, rng)
     mined_train, mined_val = [], []
     everything = [(s, mined_train) for s in scans] + [(s, mined_val) for s in val_scans]
-    for n, (scan, into) in enumerate(everything):
+    for n, (scan, into) in enumerate(tqdm(everything, desc="mining candidates", unit="scan", file=sys.stderr,
+                                          dynamic_ncols=True, disable=not progress, leave=False)):
         into.append(mine_scan(scan, proposer, rng, fov_mm=fov_mm))
         if (n + 1) % 10 == 0 or n + 1 == len(everything):
             log(f"mined {n + 1}/{len(everything)} scans")
