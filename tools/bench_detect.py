@@ -39,7 +39,8 @@ def run_method(method: str, data_dir: str, workdir: str, weights: str | None, qu
     """
     import torch
 
-    from cmbdet.pipeline import detect_batch, load_detector
+    from cmbdet.batch import Subject, run_batch
+    from cmbdet.pipeline import DetectJob
     from cmbdet.training_data import read_labelled_set
     from cmbdet.volume import load_volume
 
@@ -54,13 +55,14 @@ def run_method(method: str, data_dir: str, workdir: str, weights: str | None, qu
             seconds.append(time.perf_counter() - started)
             rows += found.to_records(scan.subject)
     else:
+        threshold = DetectJob(weights, reclassify=(method == "stage1+2")).resolved_threshold()
+        job = DetectJob(weights, reclassify=(method == "stage1+2"), threshold=0.0)
         started = time.perf_counter()
-        threshold = load_detector(weights, reclassify=(method == "stage1+2")).threshold
-        detector = load_detector(weights, reclassify=(method == "stage1+2"), threshold=0.0)
+        job.detector()  # loaded once, before the scans
         load_seconds = time.perf_counter() - started
         out = Path(workdir) / f"out-{method.replace('+', '')}"
-        results = detect_batch(detector, [s.image_path for s in scans], out)
-        seconds = [r.seconds for r in results]
+        results = run_batch(job, [Subject(s.subject, (Path(s.image_path),)) for s in scans], out, overwrite=True)
+        seconds = [r.seconds for r in results.records]
         with open(out / "detections.csv", newline="") as handle:
             rows = [dict(r, score=float(r["score"])) for r in csv.DictReader(handle)]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
