@@ -286,7 +286,8 @@ def _read_manifest(path: Path) -> list[tuple[str, int | None, Path]]:
 
 def _clean_id(value: str) -> str:
     """A subject/session value as a safe folder name (no path separators or spaces)."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", value).strip("-") or "x"
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "-", value).strip("-")
+    return cleaned if cleaned.strip(".") else "x"
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:

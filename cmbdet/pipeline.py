@@ -141,6 +141,7 @@ class DetectJob:
     pictures: bool = True
     device: str | None = None
     _detector: Detector | None = field(default=None, repr=False, compare=False)
+    _settings: dict | None = field(default=None, repr=False, compare=False)
 
     name: ClassVar[str] = "cmb"
     tables: ClassVar[dict[str, tuple[str, ...]]] = {"detections.csv": DETECTION_COLUMNS, "counts.csv": COUNT_COLUMNS}
@@ -167,14 +168,17 @@ class DetectJob:
     def settings(self) -> dict:
         """What a run's results depend on (a rerun with other settings is refused): the weights'
         SHA-256, the threshold, the echo choice and the cmbdet version. Cheap: no model is loaded."""
+        if self._settings is not None:
+            return self._settings
         files = self.weight_files()
-        return {
+        self._settings = {
             "cmbdet_version": __version__,
             "weights": {f.name: sha256_file(f) for f in files},
             "stage2": len(files) > 1,
             "threshold": round(self.resolved_threshold(), 6),
             "echo": str(self.echo),
         }
+        return self._settings
 
     def detector(self) -> Detector:
         if self._detector is None:

@@ -163,7 +163,7 @@ def test_rescore_without_the_scans_equals_a_fresh_run_at_that_threshold(tmp_path
 
 
 def test_worker_processes_write_the_same_tables_as_one_process(tmp_path, random_weights):
-    scans = _cohort(tmp_path / "scans", 4)
+    scans = _cohort(tmp_path / "scans", 3)
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["detect", str(scans), "-o", str(one), "--weights", str(random_weights), "--quiet"]) == 0
     assert main(["detect", str(scans), "-o", str(two), "--weights", str(random_weights), "--quiet",
