@@ -133,7 +133,7 @@ def detect_batch(
     scans: Sequence[Path],
     outdir: str | Path,
     *,
-    echo: str | int = "rss",
+    echo: str | int = "auto",
     pictures: bool = True,
     progress: Callable[[int, int, SubjectResult], None] | None = None,
 ) -> list[SubjectResult]:
@@ -161,7 +161,7 @@ def detect_batch(
                 write_markups(detections, subject, folder / f"{subject}_cmb.mrk.json")
                 if pictures:
                     write_review_picture(volume, detections, subject, folder / f"{subject}_review.png")
-            message = "; ".join(volume.notes)
+            message = "; ".join((*volume.notes, *detections.notes))
             detection_rows.extend(detections.to_rows(subject, volume))
             row = count_row(subject, detections, message=message, input_path=str(path))
             result = SubjectResult(subject, Path(path), "ok", message, len(detections),
