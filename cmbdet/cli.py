@@ -58,7 +58,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def _parser() -> argparse.ArgumentParser:
-    from cmbdet.reclassifier.patches import FOV_MM
+    from cmbdet.reclassifier.patches import FOV_MM, LAYOUTS, SLAB_MM
     # --debug works before or after the command; SUPPRESS keeps a subcommand from resetting it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -82,8 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float,
                    help="final score threshold in [0, 1] (default: the operating point stored with the weights; "
                         "0 keeps every candidate, for an FROC)")
-    p.add_argument("--echo", default="rss",
-                   help="multi-echo 4-D input: rss (root-sum-of-squares, default), first, last or a 0-based index")
+    p.add_argument("--echo", default="auto",
+                   help="multi-echo input (4-D, or one file per echo): auto (default: echoes weighted by echo time "
+                        "for susceptibility contrast, TE from JSON sidecars), rss (root-sum-of-squares), first, "
+                        "last or a 0-based index")
     p.add_argument("--no-pictures", action="store_true", help="skip the review PNGs (faster)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: CUDA when present)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
@@ -112,6 +114,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="coarse, fast volumes (for tests)")
     p.add_argument("--no-montage", action="store_true", help="skip the slice montages")
+    p.add_argument("--family", default="classic",
+                   help="phantom family: classic, randomized (training), beta (validation), gamma (test); "
+                        "see the README's 'Phantom families'")
+    p.add_argument("--insert-into", metavar="SCAN",
+                   help="instead of whole phantoms: -n copies of this real scan (3-D or multi-echo) with "
+                        "--cmb-per-copy synthetic microbleeds each, plus one untouched copy, and truth.csv; "
+                        "checks the detector on your own scanner's images")
+    p.add_argument("--cmb-per-copy", type=int, default=3, help="microbleeds per copy with --insert-into")
+    p.add_argument("--without", default="",
+                   help="randomized family only: comma-separated randomization ingredients to switch off "
+                        "(tissue, vessels, cmb_profile, noise, swi_mask), for ablations")
     p.set_defaults(run=_phantom)
 
     p = sub.add_parser("evaluate", parents=[common], help="score detections against a reference",
@@ -165,6 +178,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fov-mm", type=float, default=FOV_MM,
                    help=f"side of the patch planes around each candidate, mm (default {FOV_MM:g}; 64 pixels; "
                         "stored in the weights and used at inference)")
+    p.add_argument("--layout", default="mips", choices=sorted(LAYOUTS),
+                   help="what the three patch channels show: planes (axial/coronal/sagittal), mips (minimum-"
+                        "intensity projections over --slab-mm in the three orientations, default) or mixed "
+                        "(axial plane + coronal/sagittal mIPs); stored in the weights")
+    p.add_argument("--slab-mm", type=float, default=SLAB_MM, help=f"mIP slab thickness, mm (default {SLAB_MM:g})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="keep the patch images and ultralytics run here (default: a temp folder)")
     p.add_argument("--device", default="cpu")
@@ -240,8 +258,21 @@ def _phantom(args) -> int:
 
     if args.n < 1:
         raise InputError(None, "-n must be at least 1")
-    truth = write_phantom_set(args.outdir, args.n, args.seed, tiny=args.tiny, montage=not args.no_montage)
-    print(f"wrote {args.n} phantom scan(s) and {truth}", file=sys.stderr)
+    if args.insert_into:
+        from cmbdet.phantom.insert import write_inserted_set
+
+        out = write_inserted_set(args.insert_into, args.outdir, n_copies=args.n, n_cmb=args.cmb_per_copy,
+                                 seed=args.seed)
+        print(f"wrote {args.n} copies of {args.insert_into} with synthetic microbleeds, one untouched copy and "
+              f"truth.csv to {out}", file=sys.stderr)
+        return 0
+    without = tuple(w.strip() for w in args.without.split(",") if w.strip())
+    try:
+        out = write_phantom_set(args.outdir, args.n, args.seed, tiny=args.tiny, montage=not args.no_montage,
+                                family=args.family, without=without)
+    except ValueError as err:
+        raise InputError(None, str(err)) from None
+    print(f"wrote {args.n} phantom scan(s) of family {args.family} and truth.csv to {out}", file=sys.stderr)
     return 0
 
 
@@ -279,7 +310,7 @@ def _train_proposer(args) -> int:
 
     from cmbdet.proposer.infer import load_proposer
     from cmbdet.proposer.train import prepare_scans, train_proposer, validate_proposer
-    from cmbdet.training_data import hold_out, read_labelled_set
+    from cmbdet.training_data import describe_sources, hold_out, read_labelled_set
 
     scans = [s for source in args.data for s in read_labelled_set(source, args.truth)]
     rng = np.random.default_rng(args.seed)
@@ -294,8 +325,8 @@ def _train_proposer(args) -> int:
     prepared = prepare_scans(train, spacing_mm)
     proposer = train_proposer(prepared, rng, steps=args.steps, batch_size=args.batch_size, device=args.device,
                               spacing_mm=spacing_mm, lr=args.lr, init=init, log=log, progress=bar)
-    proposer.metadata.update(seed=args.seed, data=[str(d) for d in args.data],
-                             val_data=[str(d) for d in args.val or []])
+    proposer.metadata.update(seed=args.seed, training_data=describe_sources(args.data, train),
+                             validation_data=describe_sources(args.val or args.data, val))
     if val:
         report = validate_proposer(proposer, val)
         proposer.metadata.update(report)
@@ -311,18 +342,19 @@ def _train_reclassifier(args) -> int:
 
     from cmbdet.proposer.infer import load_proposer
     from cmbdet.reclassifier.train import train_reclassifier
-    from cmbdet.training_data import read_labelled_set
+    from cmbdet.training_data import describe_sources, read_labelled_set
 
     scans = [s for source in args.data for s in read_labelled_set(source, args.truth)]
     proposer = load_proposer(args.proposer)
     rng = np.random.default_rng(args.seed)
     val = [s for source in args.val for s in read_labelled_set(source)] if args.val else None
     reclassifier = train_reclassifier(scans, proposer, rng, val_scans=val, epochs=args.epochs,
-                                      batch=args.batch_size, fov_mm=args.fov_mm, device=args.device,
+                                      batch=args.batch_size, fov_mm=args.fov_mm, layout=args.layout,
+                                      slab_mm=args.slab_mm, device=args.device,
                                       workdir=Path(args.workdir) if args.workdir else None,
                                       log=_training_output(args)[0], progress=_training_output(args)[1])
-    reclassifier.metadata.update(seed=args.seed, data=[str(d) for d in args.data],
-                                 val_data=[str(d) for d in args.val or []])
+    reclassifier.metadata.update(seed=args.seed, training_data=describe_sources(args.data, scans),
+                                 validation_data=describe_sources(args.val or [], val or []))
     reclassifier.save(args.output)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

@@ -19,7 +19,9 @@ class Detections:
 
     ``xyz_mm``: (N, 3) centres, scanner RAS mm. ``score``: (N,) final score in [0, 1].
     ``diameter_mm``: (N,) estimated visible diameter. ``region``: (N,) MARS region names
-    ('lobar', 'deep', 'infratentorial', or '' when not assigned). ``stage_scores``: name -> (N,).
+    ('lobar', 'deep', 'infratentorial', 'unknown' when the scan cannot anchor the atlas, or '' when
+    not assigned). ``stage_scores``: name -> (N,). ``notes``: what a user should know about these
+    findings (e.g. why regions are unknown), in words.
     """
 
     xyz_mm: np.ndarray
@@ -27,6 +29,7 @@ class Detections:
     diameter_mm: np.ndarray
     region: np.ndarray = field(default=None)  # type: ignore[assignment]
     stage_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.score)
@@ -51,6 +54,7 @@ class Detections:
             diameter_mm=self.diameter_mm[keep],
             region=self.region[keep],
             stage_scores={name: values[keep] for name, values in self.stage_scores.items()},
+            notes=self.notes,
         )
 
     def sorted_by_score(self) -> Detections:

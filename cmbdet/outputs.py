@@ -16,9 +16,10 @@ import numpy as np
 
 from cmbdet.atomic import atomic_path, write_text_atomic
 from cmbdet.detections import Detections
+from cmbdet.views import sample_views
 from cmbdet.volume import Volume, write_like_source
 
-REGIONS = ("lobar", "deep", "infratentorial")
+REGIONS = ("lobar", "deep", "infratentorial", "unknown")
 DETECTION_COLUMNS = ("subject", "x_mm", "y_mm", "z_mm", "i", "j", "k", "score", "diameter_mm", "region")
 COUNT_COLUMNS = ("subject", "n_cmb", *(f"n_{r}" for r in REGIONS), "status", "message", "input")
 
@@ -103,58 +104,61 @@ def write_markups(detections: Detections, subject: str, path: str | Path) -> Pat
     return write_text_atomic(path, json.dumps(document, indent=1))
 
 
-def write_review_picture(volume: Volume, detections: Detections, subject: str, path: str | Path,
-                         *, max_panels: int = 12) -> Path:
-    """A PNG for review: per detection, a 40 mm axial view centred on it (radiological display:
-    the patient's right on the image left), circled, with its score and region; plus a whole
-    axial slice through the best detection (or the middle of the volume when there is none)."""
+#: What each review row shows, left to right (see `review_views`).
+REVIEW_PANELS = ("axial", "coronal", "sagittal", "axial mIP", "axial context")
+
+
+def review_views(volume: Volume, detections: Detections, *, fov_mm: float = 40.0, size: int = 80,
+                 slab_mm: float = 10.0, context_mm: float = 120.0) -> np.ndarray:
+    """(N, size, size, 5) float32 views per detection for a reader: axial, coronal and sagittal planes
+    and an axial minimum-intensity projection over ``slab_mm`` (a vein becomes a line there, a
+    microbleed stays a dot), each ``fov_mm`` wide, plus a ``context_mm`` axial view to see where it is.
+    Radiological display (see `cmbdet.views`). Enough to redraw the picture without the scan."""
+    close = sample_views(volume, detections.xyz_mm, ("axial", "coronal", "sagittal", "axial_mip"),
+                         fov_mm=fov_mm, size=size, slab_mm=slab_mm)
+    context = sample_views(volume, detections.xyz_mm, ("axial",), fov_mm=context_mm, size=size)
+    return np.concatenate([close, context], axis=3)
+
+
+def draw_review(views: np.ndarray, detections: Detections, subject: str, path: str | Path, *,
+                fov_mm: float = 40.0, context_mm: float = 120.0, max_rows: int = 12) -> Path:
+    """The review PNG: one row per detection (best score first, at most ``max_rows``) with the views of
+    `review_views`, its number, score, region and RAS position; the detection is circled in every
+    panel. Radiological display: the patient's right on the image left."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state, no display needed
     from matplotlib.patches import Circle
 
-    shown = detections.sorted_by_score().subset(np.arange(min(len(detections), max_panels)))
-    n_panels = 1 + len(shown)
-    cols = min(n_panels, 4)
-    rows = int(np.ceil(n_panels / cols))
-    fig = Figure(figsize=(3.2 * cols, 3.4 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False)
+    order = np.argsort(-detections.score, kind="stable")[:max_rows]
+    rows = max(len(order), 1)
+    fig = Figure(figsize=(2.2 * len(REVIEW_PANELS), 2.35 * rows + 0.4))
+    axes = fig.subplots(rows, len(REVIEW_PANELS), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    data = volume.data
-    sample = data[:: 2, :: 2, :: 2]
-    sample = sample[sample > 0]
-    lo, hi = np.percentile(sample, [1, 99.5]) if sample.size else (0.0, 1.0)
-    centres = volume.xyz_mm_to_ijk(shown.xyz_mm)
-    spacing = volume.spacing_mm
-    aspect = float(spacing[1] / spacing[0])
-
-    def show(ax, plane: np.ndarray, i0: int = 0, j0: int = 0) -> None:
-        # Canonical (i, j) plane: x = i (towards patient right), y = j (anterior up); the x axis is
-        # inverted so that the patient's right is on the image left (radiological convention).
-        extent = (i0 - 0.5, i0 + plane.shape[0] - 0.5, j0 - 0.5, j0 + plane.shape[1] - 0.5)
-        ax.imshow(plane.T, cmap="gray", vmin=lo, vmax=hi, origin="lower", extent=extent, aspect=aspect)
-        ax.invert_xaxis()
-
-    k_overview = int(np.clip(round(centres[0, 2]), 0, volume.shape[2] - 1)) if len(shown) else volume.shape[2] // 2
-    overview = axes.ravel()[0]
-    show(overview, data[:, :, k_overview])
-    for n, c in enumerate(centres):
-        if abs(c[2] - k_overview) < 1.5:
-            overview.add_patch(Circle((c[0], c[1]), 6 / spacing[0], fill=False, color="red", lw=0.8))
-            overview.text(c[0] - 6 / spacing[0], c[1] + 6 / spacing[1], str(n + 1), color="yellow", fontsize=7)
-    overview.set_title(f"{subject}: {len(detections)} CMB\naxial slice k={k_overview} (R on left)", fontsize=8)
-    half = np.ceil(20.0 / spacing[:2]).astype(int)
-    for n, (c, ax) in enumerate(zip(centres, axes.ravel()[1:], strict=False)):
-        i, j, k = (int(round(v)) for v in c)
-        k = int(np.clip(k, 0, volume.shape[2] - 1))
-        i0, i1 = max(i - half[0], 0), min(i + half[0] + 1, volume.shape[0])
-        j0, j1 = max(j - half[1], 0), min(j + half[1] + 1, volume.shape[1])
-        show(ax, data[i0:i1, j0:j1, k], i0, j0)
-        radius = max(shown.diameter_mm[n] / 2.0 + 2.0, 3.0) / spacing[0]
-        ax.add_patch(Circle((c[0], c[1]), radius, fill=False, color="red", lw=0.8))
-        ax.set_title(f"#{n + 1} score {shown.score[n]:.2f} {shown.region[n]}\n"
-                     f"({shown.xyz_mm[n, 0]:.0f}, {shown.xyz_mm[n, 1]:.0f}, {shown.xyz_mm[n, 2]:.0f}) mm RAS",
-                     fontsize=7)
-    fig.tight_layout()
+    fig.suptitle(f"{subject}: {len(detections)} CMB" + ("" if len(detections) else " — nothing detected") +
+                 (f" (best {max_rows} shown)" if len(detections) > max_rows else "") +
+                 "; radiological display (patient's right on the left)", fontsize=9)
+    size = views.shape[1] if views.ndim == 4 else 1
+    for row, n in enumerate(order):
+        tissue = views[n][views[n] > 0]
+        lo, hi = np.percentile(tissue, [1, 99.5]) if tissue.size else (0.0, 1.0)
+        for col, name in enumerate(REVIEW_PANELS):
+            ax = axes[row, col]
+            ax.imshow(views[n, :, :, col], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            field = context_mm if name == "axial context" else fov_mm
+            radius_px = max(detections.diameter_mm[n] / 2.0 + 2.0, 3.0) * size / field
+            ax.add_patch(Circle(((size - 1) / 2, (size - 1) / 2), radius_px, fill=False, color="red", lw=0.8))
+            label = f"{name} ({field:g} mm" + (", 10 mm slab)" if name == "axial mIP" else ")")
+            ax.set_title(label, fontsize=7)
+        x, y, z = detections.xyz_mm[n]
+        axes[row, 0].text(-0.08, 0.5, f"#{row + 1}  score {detections.score[n]:.2f}\n{detections.region[n]}\n"
+                                      f"RAS ({x:.0f}, {y:.0f}, {z:.0f}) mm",
+                          transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=7)
+    fig.tight_layout(rect=(0.08, 0, 1, 0.97 if rows > 1 else 0.9))
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90)
+        fig.savefig(tmp, dpi=80)
     return Path(path)
+
+
+def write_review_picture(volume: Volume, detections: Detections, subject: str, path: str | Path) -> Path:
+    """`draw_review` of `review_views`: the review PNG straight from a scan and its detections."""
+    return draw_review(review_views(volume, detections), detections, subject, path)

@@ -30,11 +30,12 @@ from cmbdet.outputs import (
     COUNT_COLUMNS,
     DETECTION_COLUMNS,
     count_row,
+    draw_review,
     error_row,
+    review_views,
     write_csv_atomic,
     write_label_map,
     write_markups,
-    write_review_picture,
 )
 from cmbdet.volume import SourceGrid, Volume, load_volume
 from cmbdet.weights import SHIPPED_WEIGHTS_DIR, read_metadata
@@ -85,9 +86,14 @@ def select_detections(candidates: Detections, threshold: float) -> Detections:
     """The detections among `Detector.candidates` at a final-score ``threshold``: score >= threshold
     and a stage-1 likelihood of at least `MIN_CANDIDATE_SCORE` (or the threshold, if lower), in
     score order. The same as `Detector.detect` at that threshold."""
+    return candidates.subset(select_indices(candidates, threshold))
+
+
+def select_indices(candidates: Detections, threshold: float) -> np.ndarray:
+    """Indices into ``candidates`` of `select_detections`, in score order."""
     stage1 = candidates.stage_scores.get("stage1", candidates.score)
-    keep = (stage1 >= min(MIN_CANDIDATE_SCORE, threshold)) & (candidates.score >= threshold)
-    return candidates.subset(keep).sorted_by_score()
+    keep = np.flatnonzero((stage1 >= min(MIN_CANDIDATE_SCORE, threshold)) & (candidates.score >= threshold))
+    return keep[np.argsort(-candidates.score[keep], kind="stable")]
 
 
 def load_detector(
@@ -137,7 +143,7 @@ class DetectJob:
     weights_dir: str | Path | None = None
     reclassify: bool = True
     threshold: float | None = None
-    echo: str | int = "rss"
+    echo: str | int = "auto"
     pictures: bool = True
     device: str | None = None
     _detector: Detector | None = field(default=None, repr=False, compare=False)
@@ -193,29 +199,30 @@ class DetectJob:
             warnings.simplefilter("always")
             volume = load_volume(paths[0] if len(paths) == 1 else list(paths), echo=self.echo)
             candidates = detector.candidates(volume)
-        notes = list(volume.notes) + [str(w.message) for w in caught if str(w.message) not in volume.notes]
+            views = review_views(volume, candidates) if self.pictures else None
+        notes = [*volume.notes, *candidates.notes]
+        notes += [str(w.message) for w in caught if str(w.message) not in notes]
+        message = "; ".join(notes)
         files = write_candidates(volume, candidates, outdir, subject.subject,
-                                 min_stage1=min(KEPT_CANDIDATE_SCORE, detector.threshold))
-        return self._record(subject.subject, subject.input_label, outdir, volume, candidates, detector.threshold,
-                            "; ".join(notes), files)
+                                 min_stage1=min(KEPT_CANDIDATE_SCORE, detector.threshold), views=views)
+        chosen = select_indices(candidates, detector.threshold)
+        detections = candidates.subset(chosen)
+        files.update(write_subject_outputs(volume, detections, outdir, subject.subject,
+                                           views=None if views is None else views[chosen]))
+        return SubjectRecord(
+            subject=subject.subject, inputs=[str(p) for p in paths], input_sha256=None,
+            settings_id=self.settings_id(), status="ok", message=message,
+            counts=count_row(subject.subject, detections, message=message, input_path=subject.input_label),
+            rows=detections.to_rows(subject.subject, volume), files=files)
 
-    def _record(self, subject: str, input_label: str, outdir: Path, volume: Volume, candidates: Detections,
-                threshold: float, message: str, files: dict[str, str]) -> SubjectRecord:
+    def settings_id(self) -> str:
         from cmbdet.batch import settings_id
 
-        detections = select_detections(candidates, threshold)
-        files = dict(files, **write_subject_outputs(volume, detections, outdir, subject, pictures=self.pictures))
-        return SubjectRecord(
-            subject=subject, inputs=input_label.split(";"), input_sha256=None,
-            settings_id=settings_id(self.settings()), status="ok", message=message,
-            counts=count_row(subject, detections, message=message, input_path=input_label),
-            rows=detections.to_rows(subject, volume), files=files)
+        return settings_id(self.settings())
 
     def error_record(self, subject: Subject, message: str) -> SubjectRecord:
-        from cmbdet.batch import settings_id
-
         return SubjectRecord(subject=subject.subject, inputs=[str(p) for p in subject.paths], input_sha256=None,
-                             settings_id=settings_id(self.settings()), status="error", message=message,
+                             settings_id=self.settings_id(), status="error", message=message,
                              counts=error_row(subject.subject, message, subject.input_label))
 
 
@@ -231,23 +238,25 @@ def subject_files(subject: str) -> dict[str, str]:
 
 
 def write_subject_outputs(volume: Volume, detections: Detections, outdir: Path, subject: str, *,
-                          pictures: bool = True) -> dict[str, str]:
-    """Label map (in the input's grid), markups and (if ``pictures``) review picture of a subject's
-    detections; returns what was written, relative to OUTDIR."""
+                          views: np.ndarray | None = None) -> dict[str, str]:
+    """Label map (in the input's grid), markups and, given the detections' ``views`` (of
+    `cmbdet.outputs.review_views`), the review picture of a subject; returns what was written,
+    relative to OUTDIR."""
     names = subject_files(subject)
     write_label_map(volume, detections, outdir / names["label_map"])
     write_markups(detections, subject, outdir / names["markups"])
     written = {k: names[k] for k in ("label_map", "markups")}
-    if pictures:
-        write_review_picture(volume, detections, subject, outdir / names["review"])
+    if views is not None:
+        draw_review(views, detections, subject, outdir / names["review"])
         written["review"] = names["review"]
     return written
 
 
 def write_candidates(volume: Volume, candidates: Detections, outdir: Path, subject: str, *,
-                     min_stage1: float) -> dict[str, str]:
+                     min_stage1: float, views: np.ndarray | None = None) -> dict[str, str]:
     """Every candidate of a subject with its scores (``_candidates.csv``, the ``detections.csv``
-    columns) and, for `rescore`, the same arrays plus the input's grid (``_candidates.npz``)."""
+    columns) and, for `rescore`, the same arrays plus the input's grid and the candidates' review
+    ``views`` (``_candidates.npz``; views as float16 scaled per candidate, enough for a picture)."""
     from cmbdet.atomic import atomic_path
 
     names = subject_files(subject)
@@ -260,15 +269,19 @@ def write_candidates(volume: Volume, candidates: Detections, outdir: Path, subje
         "source_ornt": volume.source.ornt,
         **{f"stage_{k}": v for k, v in candidates.stage_scores.items()},
     }
+    if views is not None:
+        scale = np.abs(views).reshape(len(views), -1).max(axis=1, initial=0.0) if len(views) else np.zeros(0)
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        arrays.update(views=(views / scale[:, None, None, None]).astype(np.float16), views_scale=scale)
     with atomic_path(outdir / names["candidates"]) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)
     return {k: names[k] for k in ("candidates", "candidates_csv")}
 
 
-def read_candidates(path: str | Path) -> tuple[Detections, Volume, float]:
-    """(candidates, a data-less `Volume` on the input's grid, the stage-1 floor they were kept down to)
-    from a ``_candidates.npz``. The volume's voxels are all 0 (no scan is read): enough to write label
-    maps and table rows in the input's grid."""
+def read_candidates(path: str | Path) -> tuple[Detections, Volume, float, np.ndarray | None]:
+    """(candidates, a data-less `Volume` on the input's grid, the stage-1 floor they were kept down to,
+    their review views or None) from a ``_candidates.npz``. The volume's voxels are all 0 (no scan is
+    read): enough to write label maps and table rows in the input's grid."""
     with np.load(path, allow_pickle=False) as saved:
         stages = {k[len("stage_"):]: saved[k] for k in saved.files if k.startswith("stage_")}
         candidates = Detections(saved["xyz_mm"], saved["score"], saved["diameter_mm"],
@@ -277,7 +290,10 @@ def read_candidates(path: str | Path) -> tuple[Detections, Volume, float]:
         grid = SourceGrid(shape=tuple(int(v) for v in saved["source_shape"]), affine=saved["source_affine"],
                           ornt=saved["source_ornt"])
         volume = Volume(data=np.broadcast_to(np.float32(0), shape), affine=saved["canonical_affine"], source=grid)
-        return candidates, volume, float(saved["min_stage1"])
+        views = None
+        if "views" in saved.files:
+            views = saved["views"].astype(np.float32) * saved["views_scale"][:, None, None, None]
+        return candidates, volume, float(saved["min_stage1"]), views
 
 
 def rescore(outdir: str | Path, threshold: float, *, report: bool = True) -> list[SubjectRecord]:
@@ -316,13 +332,14 @@ def rescore(outdir: str | Path, threshold: float, *, report: bool = True) -> lis
         for record in records:
             record.settings_id = new_id
             if record.status == "ok":
-                candidates, volume, _ = kept[record.subject]
-                detections = select_detections(candidates, threshold)
+                candidates, volume, _, views = kept[record.subject]
+                chosen = select_indices(candidates, threshold)
+                detections = candidates.subset(chosen)
                 files = {k: v for k, v in record.files.items() if k in ("candidates", "candidates_csv")}
-                pictures = "review" in record.files
-                files.update(write_subject_outputs(volume, detections, outdir, record.subject, pictures=False))
-                if pictures:  # pictures are redrawn from the views kept with the candidates
+                if "review" in record.files and views is None:  # no views kept: no stale picture either
                     (outdir / record.files["review"]).unlink(missing_ok=True)
+                files.update(write_subject_outputs(volume, detections, outdir, record.subject,
+                                                   views=None if views is None else views[chosen]))
                 record.files = files
                 input_label = ";".join(record.inputs)
                 record.counts = count_row(record.subject, detections, message=record.message, input_path=input_label)

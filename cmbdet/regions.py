@@ -5,7 +5,12 @@ No registration tool is needed: the scan's brain mask is matched to the MNI152 b
 the brain (present in every SWI/GRE field of view, unlike the cerebellum). A detection's position is
 mapped through that scaling into MNI space and looked up in `cmbdet.anatomy.mni_region_map`; a point
 just outside the MNI brain takes the nearest region. Good to a few mm for brains in the usual
-near-axial position; strongly tilted heads or partial brain coverage make it approximate.
+near-axial position; strongly tilted heads make it approximate.
+
+That anchor needs the top of the brain. When the scan does not show it — a slab of a few slices, or
+a field of view that cuts the vertex, so that brain tissue reaches the top face of the scan — or
+shows less than the upper ``UPPER_BRAIN_MM`` of the brain, no region is guessed: every detection
+gets ``region = "unknown"`` (counted as ``n_unknown``) and `region_note` says why.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ from cmbdet.anatomy import mni_region_map, mni_template
 from cmbdet.detections import Detections
 
 REGION_NAMES = {1: "lobar", 2: "deep", 3: "infratentorial"}
+UNKNOWN = "unknown"
 #: Height (mm) of the top part of the brain whose extent fixes the in-plane scaling.
 UPPER_BRAIN_MM = 70.0
+#: Brain tissue this close (mm) to the top face of the scan means the vertex is cut off.
+TOP_MARGIN_MM = 3.0
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,9 +69,31 @@ def subject_to_mni(mask: np.ndarray, mask_affine: np.ndarray) -> tuple[np.ndarra
     return scale, offset
 
 
+def region_note(mask: np.ndarray, mask_affine: np.ndarray) -> str:
+    """Why regions cannot be anchored on this brain mask ((I, J, K) bool, RAS-canonical, k to
+    superior; its voxel -> scanner RAS mm affine), or "" when they can."""
+    spacing_k = float(np.sqrt((mask_affine[:3, 2] ** 2).sum()))
+    slices = np.flatnonzero(mask.any(axis=(0, 1)))
+    if len(slices) == 0:
+        return "no brain found: regions not assigned (region=unknown)"
+    if (mask.shape[2] - 1 - slices[-1]) * spacing_k < TOP_MARGIN_MM:
+        return ("the top of the brain is outside the scan (partial coverage): MARS regions cannot be anchored, "
+                "region=unknown")
+    if (slices[-1] - slices[0] + 1) * spacing_k < UPPER_BRAIN_MM:
+        return (f"the scan shows only {(slices[-1] - slices[0] + 1) * spacing_k:.0f} mm of brain (partial coverage): "
+                "MARS regions cannot be anchored, region=unknown")
+    return ""
+
+
 def assign_regions(detections: Detections, mask: np.ndarray, mask_affine: np.ndarray) -> Detections:
     """The detections with ``region`` set to 'lobar', 'deep' or 'infratentorial', given the scan's
-    brain mask (I, J, K) bool and its voxel -> scanner RAS mm affine."""
+    brain mask (I, J, K) bool and its voxel -> scanner RAS mm affine; 'unknown' for every detection
+    when `region_note` says the mask cannot anchor the atlas."""
+    note = region_note(mask, mask_affine)
+    if note:
+        names = np.full(len(detections), UNKNOWN, dtype=object)
+        return Detections(detections.xyz_mm, detections.score, detections.diameter_mm, names, detections.stage_scores,
+                          notes=(*detections.notes, note))
     if len(detections) == 0:
         return detections
     scale, offset = subject_to_mni(mask, mask_affine)
@@ -72,4 +102,5 @@ def assign_regions(detections: Detections, mask: np.ndarray, mask_affine: np.nda
     ijk = np.rint(apply_affine(np.linalg.inv(affine), mni)).astype(int)
     ijk = np.clip(ijk, 0, np.array(labels.shape) - 1)
     names = np.array([REGION_NAMES.get(int(v), "lobar") for v in labels[tuple(ijk.T)]], dtype=object)
-    return Detections(detections.xyz_mm, detections.score, detections.diameter_mm, names, detections.stage_scores)
+    return Detections(detections.xyz_mm, detections.score, detections.diameter_mm, names, detections.stage_scores,
+                      notes=detections.notes)

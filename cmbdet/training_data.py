@@ -13,6 +13,8 @@ Only subjects that appear in the truth are used: a scan without a truth row has 
 from __future__ import annotations
 
 import csv
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +94,21 @@ def read_labelled_set(source: str | Path, truth: str | Path | None = None) -> li
     if not scans:
         raise InputError(source, f"no scan matches a subject of {truth_path.name}")
     return scans
+
+
+def describe_sources(sources: Sequence[str | Path], scans: Sequence[LabelledScan]) -> dict:
+    """What a model was trained or validated on, for its weights' metadata — never a path on the
+    training machine: each source's name and, for a phantom set, its ``dataset.json`` (family, role,
+    seed, counts); and how many scans and CMBs were used from them all."""
+    described = []
+    for source in sources:
+        source = Path(source)
+        description = (source if source.is_dir() else source.parent) / "dataset.json"
+        entry = {"name": source.name}
+        if description.is_file():
+            entry.update(json.loads(description.read_text()))
+        described.append(entry)
+    return {"sources": described, "n_scans": len(scans), "n_cmb": int(sum(len(s.cmb_xyz_mm) for s in scans))}
 
 
 def _read_manifest(path: Path) -> dict[str, Path]:

@@ -14,6 +14,7 @@ World coordinates are scanner RAS+ millimetres, as nibabel reports them for the 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,12 +24,11 @@ from nibabel.affines import apply_affine
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from cmbdet.atomic import atomic_path
+from cmbdet.echoes import combine_echoes, echo_index_from_name, echo_times_ms
 from cmbdet.errors import InputError
 
 #: 4-D series with at most this many volumes are read as multi-echo magnitude (echoes on axis 4).
 MAX_ECHOES = 16
-#: How echoes of a multi-echo series are combined: root-sum-of-squares, or one echo.
-ECHO_CHOICES = ("rss", "last", "first")
 
 _RAS_ORNT = axcodes2ornt(("R", "A", "S"))
 
@@ -103,9 +103,10 @@ def volume_from_image(
     image: nib.Nifti1Image,
     path: str | Path | None = None,
     *,
-    echo: str | int = "rss",
+    echo: str | int = "auto",
+    echo_times: list[float] | None = None,
 ) -> Volume:
-    """Check and reorient an in-memory NIfTI image (see `load_volume`)."""
+    """Check and reorient an in-memory NIfTI image (see `load_volume`); ``echo_times`` in ms."""
     name = str(path) if path is not None else "<image>"
     notes: list[str] = []
     affine = _checked_affine(image, name, notes)
@@ -118,7 +119,8 @@ def volume_from_image(
     data = _repair_non_finite(data, name, notes)
     _check_magnitude(data, name)
     if data.ndim == 4:
-        data = _combine_echoes(data, name, echo, notes)
+        data, message = combine_echoes(data, echo, echo_times, name)
+        notes.append(message)
 
     ornt = io_orientation(affine)
     canonical = np.ascontiguousarray(apply_orientation(data, ornt), dtype=np.float32)
@@ -134,15 +136,30 @@ def volume_from_image(
     )
 
 
-def load_volume(path: str | Path, *, echo: str | int = "rss") -> Volume:
-    """Load a 3-D (or multi-echo 4-D) NIfTI magnitude scan into a RAS-canonical `Volume`.
+def load_volume(path: str | Path | Sequence[str | Path], *, echo: str | int = "auto") -> Volume:
+    """Load a 3-D or multi-echo NIfTI magnitude scan into a RAS-canonical `Volume`.
 
-    ``echo`` for 4-D multi-echo magnitude: ``"rss"`` root-sum-of-squares of all echoes (default:
-    best SNR, T2*-weighting of the later echoes kept), ``"last"``, ``"first"``, or a 0-based index.
-    The choice is recorded in ``Volume.notes``. Raises `InputError` (one line naming the file) for
-    anything that is not a usable magnitude scan.
+    ``path``: one file (3-D, or 4-D with echoes on axis 4), or a sequence of 3-D files holding one
+    echo each (BIDS ``_echo-N``, dcm2niix ``_eN``) on one grid; those are ordered by echo time
+    (sidecar), else by the echo number in the name, else as given. ``echo``: ``"auto"`` (default:
+    echoes weighted for susceptibility contrast by echo time, see `cmbdet.echoes`), ``"rss"``
+    root-sum-of-squares, ``"last"``, ``"first"``, or a 0-based index. Echo times are read from JSON
+    sidecars. What was done is recorded in ``Volume.notes``. Raises `InputError` (one line naming
+    the file) for anything that is not a usable magnitude scan.
     """
+    if not isinstance(path, str | Path):
+        paths = [Path(p) for p in path]
+        if len(paths) == 1:
+            return load_volume(paths[0], echo=echo)
+        if not paths:
+            raise InputError("<no file>", "an empty list of echo files was given")
+        return _load_echo_files(paths, echo)
     path = Path(path)
+    image = _read_nifti(path)
+    return volume_from_image(image, path, echo=echo, echo_times=echo_times_ms(path))
+
+
+def _read_nifti(path: Path) -> nib.Nifti1Image:
     if not path.exists():
         raise InputError(path, "no such file")
     if path.is_dir():
@@ -157,7 +174,38 @@ def load_volume(path: str | Path, *, echo: str | int = "rss") -> Volume:
         raise InputError(path, f"not a readable NIfTI file ({_short(err)})") from None
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(path, f"not a NIfTI image ({type(image).__name__})")
-    return volume_from_image(image, path, echo=echo)
+    return image
+
+
+def _load_echo_files(paths: list[Path], echo: str | int) -> Volume:
+    """One subject stored one echo per file: check they share one grid, order them, stack, combine."""
+    times = [echo_times_ms(p) for p in paths]
+    if all(t is not None and len(t) == 1 for t in times):
+        order = np.argsort([t[0] for t in times], kind="stable")
+    elif all(echo_index_from_name(p) is not None for p in paths):
+        order = np.argsort([echo_index_from_name(p) for p in paths], kind="stable")
+    else:
+        order = np.arange(len(paths))
+    paths = [paths[i] for i in order]
+    images = [_read_nifti(p) for p in paths]
+    first = images[0]
+    for p, image in zip(paths[1:], images[1:]):
+        if image.shape[:3] != first.shape[:3] or not np.allclose(image.affine, first.affine, atol=1e-3):
+            raise InputError(p, f"echo file is not on the grid of {paths[0].name} (shape {image.shape} vs "
+                                f"{first.shape}); echoes of one scan must share one grid")
+        if len(image.shape) > 3 and any(s > 1 for s in image.shape[3:]):
+            raise InputError(p, f"echo file is {len(image.shape)}-D (shape {image.shape}); one 3-D echo per file")
+    try:
+        stacked = np.stack([np.asarray(im.dataobj, dtype=np.float32).reshape(im.shape[:3]) for im in images], 3)
+    except Exception as err:
+        raise InputError(paths[0], f"could not read the echo files ({type(err).__name__}: {err})") from None
+    echo_times = [t[0] for t in times] if all(t is not None and len(t) == 1 for t in times) else None
+    if echo_times is not None:
+        echo_times = sorted(echo_times)
+    combined = nib.Nifti1Image(stacked, first.affine, first.header)
+    volume = volume_from_image(combined, paths[0], echo=echo, echo_times=echo_times)
+    names = ", ".join(p.name for p in paths)
+    return replace(volume, notes=(f"{len(paths)} echo files read as one scan ({names})", *volume.notes))
 
 
 def write_like_source(volume: Volume, array: np.ndarray, path: str | Path, *, dtype=np.int16) -> Path:
@@ -235,26 +283,6 @@ def _checked_dimensions(data: np.ndarray, name: str) -> np.ndarray:
     if min(data.shape[:3]) < 2:
         raise InputError(name, f"image has a single slice (shape {data.shape}); a 3-D volume is needed")
     return data
-
-
-def _combine_echoes(data: np.ndarray, name: str, echo: str | int, notes: list[str]) -> np.ndarray:
-    n = data.shape[3]
-    if echo == "rss":
-        notes.append(f"multi-echo input ({n} echoes): root-sum-of-squares of all echoes used")
-        return np.sqrt(np.sum(np.square(data, dtype=np.float64), axis=3)).astype(np.float32)
-    if echo == "last":
-        index = n - 1
-    elif echo == "first":
-        index = 0
-    else:
-        try:
-            index = int(echo)
-        except (TypeError, ValueError):
-            raise InputError(name, f"unknown echo choice {echo!r} (use rss, first, last or a 0-based index)") from None
-        if not 0 <= index < n:
-            raise InputError(name, f"echo {index} requested but the series has {n} echoes (0..{n - 1})")
-    notes.append(f"multi-echo input ({n} echoes): echo {index + 1} of {n} used")
-    return np.ascontiguousarray(data[..., index])
 
 
 def _repair_non_finite(data: np.ndarray, name: str, notes: list[str]) -> np.ndarray:

@@ -149,6 +149,8 @@ def test_rescore_without_the_scans_equals_a_fresh_run_at_that_threshold(tmp_path
                  "--threshold", str(threshold)]) == 0
     for scan in scans.iterdir():
         scan.unlink()
+    for picture in low.glob("*/*_review.png"):
+        picture.unlink()
     assert main(["rescore", str(low), "--threshold", str(threshold)]) == 0
     for name in ("detections.csv", "counts.csv"):
         assert (low / name).read_text() == (fresh / name).read_text(), name
@@ -159,6 +161,8 @@ def test_rescore_without_the_scans_equals_a_fresh_run_at_that_threshold(tmp_path
         np.testing.assert_allclose(a.affine, b.affine)
         assert (low / subject / f"{subject}_cmb.mrk.json").read_text() == \
             (fresh / subject / f"{subject}_cmb.mrk.json").read_text()
+        # The picture was deleted before rescoring: redrawn from the views kept with the candidates.
+        assert (low / subject / f"{subject}_review.png").stat().st_size > 1000
     assert json.loads((low / "run.json").read_text())["threshold"] == threshold
 
 
@@ -210,3 +214,23 @@ def test_progress_is_plain_lines_in_a_log_a_bar_on_a_terminal_and_nothing_when_q
     close()
     shown = terminal.getvalue()
     assert "3/3" in shown and "100%" in shown and "s2: ERROR: broken.nii: no such file" in shown
+
+
+def test_per_echo_files_of_one_subject_run_as_one_scan(tmp_path, random_weights):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    affine = np.diag([3.5, 3.5, 5.0, 1.0])
+    affine[:3, 3] = (-84, -98, -60)
+    for echo, decay in ((1, 1.0), (2, 0.7), (3, 0.5)):
+        image = nib.Nifti1Image(ellipsoid_head(affine, seed=3) * decay, affine)
+        nib.save(image, scans / f"sub-05_ses-1_echo-{echo}_part-mag_GRE.nii.gz")
+        nib.save(image, scans / f"series7_e{echo}.nii.gz")
+    out = tmp_path / "out"
+    assert main(["detect", str(scans), "-o", str(out), "--weights", str(random_weights), "--quiet"]) == 0
+    counts = {r["subject"]: r for r in _rows(out / "counts.csv")}
+    assert sorted(counts) == ["series7", "sub-05_ses-1"]
+    for row in counts.values():
+        assert row["status"] == "ok" and "3 echoes" in row["message"], row
+        assert row["input"].count(";") == 2
+    labels = nib.load(out / "sub-05_ses-1" / "sub-05_ses-1_desc-cmb_dseg.nii.gz")
+    assert labels.shape == (48, 56, 24)

@@ -49,6 +49,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import json
 import os
 import time
 from collections.abc import Callable
@@ -74,6 +75,15 @@ from ..atomic import write_bytes_atomic
 from ..volume import save_image_atomic
 from .geometry import SubjectGeometry, make_geometry, rotation
 from .protocol import Protocol, sample_protocol
+from .randomize import (
+    CmbProfile,
+    Randomization,
+    multicoil_noise,
+    randomize_tissue,
+    sample_cmb_profile,
+    sample_vessel_style,
+    swi_phase_mask,
+)
 from .render import (
     add_noise,
     bias_field,
@@ -206,10 +216,17 @@ def make_subject(
     protocol: Protocol | None = None,
     n_cmb: int | None = None,
     tiny: bool = False,
+    randomization: Randomization | None = None,
 ) -> PhantomSubject:
-    """One phantom head with ground truth. Deterministic for a given ``rng`` state."""
+    """One phantom head with ground truth. Deterministic for a given ``rng`` state.
+
+    ``randomization`` (the training family ``randomized``, see :mod:`.randomize`) draws tissue,
+    vessel, microbleed, noise and SWI-processing parameters over wide ranges from a generator of its
+    own; ``None`` is the classic family, unchanged.
+    """
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    dr = None if randomization is None else np.random.default_rng(rng.integers(2**63))
     if protocol is None:
         protocol = sample_protocol(rng, tiny=tiny)
     if protocol.contrast not in ("swi", "gre"):
@@ -219,6 +236,8 @@ def make_subject(
     timings["maps"] = time.perf_counter() - t0
     geom = make_geometry(rng, protocol)
     anat = sample_anatomy(rng, protocol, maps)
+    if dr is not None and randomization.tissue:
+        anat = randomize_tissue(anat, dr)
     swi = protocol.contrast == "swi"
     bloom = bloom_factor(protocol)
 
@@ -234,7 +253,9 @@ def make_subject(
     # veins
     t = time.perf_counter()
     coarse = tiny or protocol.inplane_mm >= 1.8
-    veins = generate_veins(maps, rng, swi=swi, bloom=bloom, density=0.35 if coarse else 1.0)
+    style = sample_vessel_style(dr) if dr is not None and randomization.vessels else None
+    veins = generate_veins(maps, dr if style is not None else rng, swi=swi, bloom=bloom,
+                           density=0.35 if coarse else 1.0, style=style)
     b0 = geom.rot.T @ np.array([0.0, 0.0, 1.0])
     polys = []
     mimics: list[dict] = []
@@ -286,27 +307,32 @@ def make_subject(
     for c in cmbs:
         axes = np.array([1.0, rng.uniform(1.0, 1.3), rng.uniform(0.85, 1.15)])
         axes /= np.prod(axes) ** (1 / 3)
-        render_blob(
-            att,
-            c.pop("_grid"),
-            c["diameter_mm"],
-            geom.spacing,
-            depth=float(rng.uniform(0.86, 0.98)),
-            sharp=float(rng.uniform(3.5, 6.5) / bloom),
-            axes=axes,
-            rot=_random_rotation(rng),
-        )
-    img *= 1.0 - att
+        depth = float(rng.uniform(0.86, 0.98))
+        sharp = float(rng.uniform(3.5, 6.5) / bloom)
+        rot = _random_rotation(rng)
+        centre = c.pop("_grid")
+        if dr is not None and randomization.cmb_profile:
+            _render_randomized_cmb(att, centre, c["diameter_mm"], geom.spacing, rot, sample_cmb_profile(dr, bloom), dr)
+            continue
+        render_blob(att, centre, c["diameter_mm"], geom.spacing, depth=depth, sharp=sharp, axes=axes, rot=rot)
+    if dr is not None and randomization.swi_mask and (swi or dr.random() < 0.3):
+        img *= 1.0 - att
+        img = swi_phase_mask(dr, img, att, geom.spacing, b0)
+    else:
+        img *= 1.0 - att
     del att
     timings["lesions"] = time.perf_counter() - t
 
     # acquisition artefacts, noise, storage
     t = time.perf_counter()
-    img *= bias_field(rng, geom.shape, protocol.bias)
-    if protocol.ringing > 0:
-        img = ringing(rng, img, protocol.ringing)
-    sigma = 0.66 / protocol.snr
-    img = add_noise(rng, img, sigma, rician=protocol.dtype != "float32_signed")
+    noisy = dr is not None and randomization.noise
+    img *= bias_field(rng, geom.shape, protocol.bias * (dr.uniform(0.5, 2.5) if noisy else 1.0))
+    if protocol.ringing > 0 or (noisy and dr.random() < 0.25):
+        img = ringing(rng, img, protocol.ringing if protocol.ringing > 0 else float(dr.uniform(0.02, 0.07)))
+    if noisy and protocol.dtype != "float32_signed":
+        img = multicoil_noise(dr, img, 0.66 / float(np.exp(dr.uniform(np.log(5.0), np.log(60.0)))))
+    else:
+        img = add_noise(rng, img, 0.66 / protocol.snr, rician=protocol.dtype != "float32_signed")
     data = to_storage(img, protocol)
     del img
     timings["noise"] = time.perf_counter() - t
@@ -321,6 +347,21 @@ def make_subject(
             out_mimics.append({"x_mm": float(w[0]), "y_mm": float(w[1]), "z_mm": float(w[2]), **m})
     timings["total"] = time.perf_counter() - t0
     return PhantomSubject(subject, image, cmbs, out_mimics, protocol, geom, timings)
+
+
+def _render_randomized_cmb(att: np.ndarray, centre: np.ndarray, diameter: float, spacing: np.ndarray,
+                           rot: np.ndarray, profile: CmbProfile, rng: np.random.Generator) -> None:
+    """A microbleed with a randomized profile: core (maybe lumpy: 2-3 overlapping lobes) and halo."""
+    if profile.halo_depth > 0:
+        render_blob(att, centre, diameter * 1.8, spacing, depth=profile.halo_depth, sharp=3.0)
+    if profile.lumps:
+        for _ in range(profile.lumps + 1):
+            offset = rng.normal(0, diameter * 0.12, 3)
+            render_blob(att, centre + offset, diameter * rng.uniform(0.7, 0.9), spacing, depth=profile.depth,
+                        sharp=profile.sharp, axes=profile.axes, rot=rot)
+    else:
+        render_blob(att, centre, diameter, spacing, depth=profile.depth, sharp=profile.sharp, axes=profile.axes,
+                    rot=rot)
 
 
 def _sample_point(arr: np.ndarray, maps: MniMaps, mni: np.ndarray) -> float:
@@ -381,14 +422,24 @@ def write_phantom_set(
     tiny: bool = False,
     montage: bool = True,
     protocol_sampler: Callable[[np.random.Generator], Protocol] | None = None,
+    family: str = "classic",
+    without: tuple[str, ...] = (),
 ) -> Path:
-    """Write ``n`` phantoms + truth.csv, mimics.csv, protocols.csv (+ montage/).
+    """Write ``n`` phantoms of a family (see :mod:`.families`) + truth.csv, mimics.csv,
+    protocols.csv, dataset.json (family, role, seed, count: what a model trained on it records)
+    (+ montage/).
 
-    Subject i uses ``np.random.default_rng([seed, i])`` and is named
-    ``f"ph{seed}_{i:04d}"``, so a subject does not depend on ``n``.
-    ``protocol_sampler(rng)`` (optional) replaces :func:`sample_protocol`;
+    Subject i uses ``np.random.default_rng([seed, i])`` and is named ``f"ph{seed}_{i:04d}"``
+    (classic) or ``f"{family}{seed}_{i:04d}"``, so a subject does not depend on ``n``.
+    ``protocol_sampler(rng)`` (optional, classic family only) replaces :func:`sample_protocol`;
     it receives the subject's generator before anything else is drawn.
     """
+    from .families import FAMILIES, subject_maker
+
+    make = subject_maker(family, without=tuple(without))
+    if protocol_sampler is not None and family != "classic":
+        raise ValueError("protocol_sampler applies to the classic family only")
+    prefix = "ph" if family == "classic" else family
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     truth: list[dict] = []
@@ -398,9 +449,11 @@ def write_phantom_set(
         (out / "montage").mkdir(exist_ok=True)
     for i in range(int(n)):
         rng = np.random.default_rng([int(seed), i])
-        name = f"ph{seed}_{i:04d}"
-        proto = protocol_sampler(rng) if protocol_sampler is not None else None
-        ph = make_subject(rng, subject=name, protocol=proto, tiny=tiny)
+        name = f"{prefix}{seed}_{i:04d}"
+        if protocol_sampler is not None:
+            ph = make_subject(rng, subject=name, protocol=protocol_sampler(rng), tiny=tiny)
+        else:
+            ph = make(rng, subject=name, tiny=tiny)
         save_image_atomic(ph.image, out / f"{name}.nii.gz")
         truth.extend(truth_rows(ph))
         for m in ph.mimics:
@@ -421,8 +474,13 @@ def write_phantom_set(
             render_montage(ph.image, ph.cmbs, out / "montage" / f"{name}.png", mimics=ph.mimics, title=name)
     write_bytes_atomic(out / "truth.csv", _csv_bytes(TRUTH_COLUMNS, truth))
     write_bytes_atomic(out / "mimics.csv", _csv_bytes(MIMIC_COLUMNS, mimic_rows))
-    proto_cols = ["subject", *Protocol((1, 1, 1), ("R", "A", "S"), 0.0, "swi").as_row().keys(), "n_cmb"]
+    proto_cols = list(dict.fromkeys(k for row in proto_rows for k in row))
     write_bytes_atomic(out / "protocols.csv", _csv_bytes(proto_cols, proto_rows))
+    description = {"family": family, "role": FAMILIES[family].role, "seed": int(seed), "n_scans": int(n),
+                   "n_cmb": sum(1 for row in truth if row["x_mm"] != ""),
+                   "n_cmb_free": sum(1 for row in truth if row["x_mm"] == ""),
+                   "without": sorted(without), "tiny": bool(tiny)}
+    write_bytes_atomic(out / "dataset.json", json.dumps(description, indent=1).encode())
     return out
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..anatomy import DEEP, INFRATENTORIAL, LOBAR, MniMaps
+from .randomize import VesselStyle, tortuous_vein, wiggle
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Vessel:
     points: np.ndarray  # (n, 3) mm
     radius: np.ndarray  # (n,) visible radius (half of the FWHM of the dark tube), mm
     depth: float  # peak fractional darkening before partial volume
-    kind: str  # 'sinus' | 'deep' | 'medullary' | 'pial' | 'sulcal' | 'deep_vertical' | 'cerebellar'
+    kind: str  # 'sinus' | 'deep' | 'medullary' | 'pial' | 'sulcal' | 'deep_vertical' | 'cerebellar' | 'tortuous'
 
 
 def _sample(arr: np.ndarray, maps: MniMaps, pts: np.ndarray, cval: float = 0.0) -> np.ndarray:
@@ -115,15 +116,26 @@ def _bezier(p0: np.ndarray, p1: np.ndarray, bend: np.ndarray, n: int) -> np.ndar
 
 
 def generate_veins(
-    maps: MniMaps, rng: np.random.Generator, *, swi: bool, bloom: float = 1.0, density: float = 1.0
+    maps: MniMaps, rng: np.random.Generator, *, swi: bool, bloom: float = 1.0, density: float = 1.0,
+    style: VesselStyle | None = None,
 ) -> list[Vessel]:
-    """Random venous tree for one subject in MNI mm. ``density`` scales the counts."""
+    """Random venous tree for one subject in MNI mm. ``density`` scales the counts. ``style``
+    (domain randomization, see :mod:`.randomize`) scales calibre, count and contrast of the small
+    veins, makes them tortuous and adds thin tortuous veins; ``None`` is the classic family."""
     out: list[Vessel] = []
     dk = 1.0 if swi else 0.5  # GRE: weaker vein contrast
     bloom = bloom * (1.15 if swi else 1.0)
+    if style is not None:
+        density *= style.density
 
     def add(points, radius, depth, kind):
         pts = np.asarray(points, float)
+        if style is not None and kind != "sinus":
+            pts = wiggle(pts, style.tortuosity_mm * rng.uniform(0.3, 1.0), rng)
+            radius = np.asarray(radius, float) * style.calibre
+            radius = np.interp(np.linspace(0, 1, len(pts)), np.linspace(0, 1, np.size(radius)),
+                               np.broadcast_to(radius, (max(np.size(radius), 1),)))
+            depth = depth * style.contrast
         rad = np.broadcast_to(np.asarray(radius, float) * bloom, (len(pts),)).copy()
         out.append(Vessel(pts, rad, float(np.clip(depth, 0.0, 0.97)), kind))
 
@@ -252,4 +264,11 @@ def generate_veins(
         length = rng.uniform(10.0, 30.0)
         pts = _bezier(p0, p0 + t * length, nv * rng.uniform(-2, 2) + rng.normal(0, 2, 3), 6)
         add(pts, rng.uniform(0.35, 0.8), rng.uniform(0.45, 0.8) * dk, "cerebellar")
+
+    # -- thin tortuous veins anywhere in the white matter and cortex (randomized family only) ----
+    if style is not None and style.n_tortuous:
+        pool = np.concatenate([pools["medullary"], pools["surface"], pools["deep"]])
+        for p0 in _pick(rng, pool, int(style.n_tortuous * (1.0 if swi else 0.7))):
+            pts = tortuous_vein(p0, rng, rng.uniform(6.0, 30.0))
+            add(pts, rng.uniform(0.15, 0.75), rng.uniform(0.4, 0.9) * dk, "tortuous")
     return out

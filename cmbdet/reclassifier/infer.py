@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cmbdet.detections import Detections
-from cmbdet.reclassifier.patches import FOV_MM, PATCH_PIXELS, extract_patches
+from cmbdet.reclassifier.patches import FOV_MM, PATCH_PIXELS, SLAB_MM, extract_patches
 from cmbdet.reclassifier.yolo import classifier_from_state
 from cmbdet.volume import Volume
 from cmbdet.weights import load_state, pick_device, save_state
@@ -30,6 +30,9 @@ class Reclassifier:
     stage1_weight: float = 0.0
     fov_mm: float = FOV_MM
     size: int = PATCH_PIXELS
+    #: Which views make the patch channels (see `cmbdet.reclassifier.patches.LAYOUTS`) and their slab.
+    layout: str = "planes"
+    slab_mm: float = SLAB_MM
     class_names: tuple[str, ...] = CLASS_NAMES
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     metadata: dict = field(default_factory=dict)
@@ -37,7 +40,8 @@ class Reclassifier:
     def save(self, path: str | Path) -> Path:
         meta = dict(self.metadata, kind="reclassifier", yaml=self.yaml, threshold=self.threshold,
                     stage1_weight=self.stage1_weight,
-                    fov_mm=self.fov_mm, size=self.size, class_names=list(self.class_names))
+                    fov_mm=self.fov_mm, size=self.size, layout=self.layout, slab_mm=self.slab_mm,
+                    class_names=list(self.class_names))
         return save_state(path, self.net.state_dict(), meta)
 
 
@@ -49,6 +53,7 @@ def load_reclassifier(path: str | Path, *, device: str | None = None) -> Reclass
     return Reclassifier(net=net.to(dev), yaml=meta["yaml"], threshold=float(meta.get("threshold", 0.5)),
                         stage1_weight=float(meta.get("stage1_weight", 0.0)),
                         fov_mm=float(meta.get("fov_mm", FOV_MM)), size=int(meta.get("size", PATCH_PIXELS)),
+                        layout=str(meta.get("layout", "planes")), slab_mm=float(meta.get("slab_mm", SLAB_MM)),
                         class_names=names, device=dev, metadata=meta)
 
 
@@ -60,6 +65,12 @@ def patch_tensor(patches: np.ndarray) -> torch.Tensor:
     """
     array = np.ascontiguousarray(patches[..., ::-1].transpose(0, 3, 1, 2))
     return torch.from_numpy(array).float() / 255.0
+
+
+def candidate_patches(volume: Volume, xyz_mm: np.ndarray, reclassifier: Reclassifier) -> np.ndarray:
+    """The patches this reclassifier reads, around world points (scanner RAS mm)."""
+    return extract_patches(volume, xyz_mm, fov_mm=reclassifier.fov_mm, size=reclassifier.size,
+                           layout=reclassifier.layout, slab_mm=reclassifier.slab_mm)
 
 
 def cmb_probability(reclassifier: Reclassifier, patches: np.ndarray, *, flips: bool = True) -> np.ndarray:
@@ -87,7 +98,7 @@ def reclassify(volume: Volume, candidates: Detections, reclassifier: Reclassifie
     """Stage 2: candidates with ``stage2`` scores; the final ``score`` is `final_score` of both stages."""
     if len(candidates) == 0:
         return candidates
-    patches = extract_patches(volume, candidates.xyz_mm, fov_mm=reclassifier.fov_mm, size=reclassifier.size)
+    patches = candidate_patches(volume, candidates.xyz_mm, reclassifier)
     stage2 = cmb_probability(reclassifier, patches)
     stage1 = candidates.stage_scores.get("stage1", candidates.score)
     return Detections(

@@ -23,13 +23,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cmbdet.detections import Detections
 from cmbdet.evaluate import best_f1_threshold, match_detections
 from cmbdet.proposer.infer import Proposer, propose_candidates
 from cmbdet.reclassifier.infer import CLASS_NAMES, Reclassifier, cmb_probability, final_score
-from cmbdet.reclassifier.patches import FOV_MM, PATCH_PIXELS, extract_patches
+from cmbdet.reclassifier.patches import FOV_MM, PATCH_PIXELS, SLAB_MM, extract_patches
 from cmbdet.reclassifier.yolo import train_classifier
 from cmbdet.training_data import LabelledScan, hold_out
-from cmbdet.volume import load_volume
+from cmbdet.volume import Volume, load_volume
 
 
 @dataclass
@@ -45,8 +46,30 @@ class MinedScan:
     truth_rows: list[dict]
 
 
-def mine_scan(scan: LabelledScan, proposer: Proposer, rng: np.random.Generator, *, max_candidates: int = 40,
-              max_mimics: int = 12, jitter_copies: int = 2, fov_mm: float = FOV_MM) -> MinedScan:
+@dataclass
+class MinedPoints:
+    """Where to cut training patches in one scan and what they are: ``xyz_mm`` (N, 3) scanner RAS,
+    ``is_cmb`` (N,); plus the stage-1 candidates (for the operating point) and the truth rows."""
+
+    subject: str
+    volume: Volume
+    xyz_mm: np.ndarray
+    is_cmb: np.ndarray
+    candidates: Detections
+    truth_rows: list[dict]
+
+    def patches(self, *, fov_mm: float = FOV_MM, layout: str = "planes", slab_mm: float = SLAB_MM) -> MinedScan:
+        """The patches of one layout (see `cmbdet.reclassifier.patches.LAYOUTS`)."""
+        def cut(xyz: np.ndarray) -> np.ndarray:
+            return extract_patches(self.volume, xyz, fov_mm=fov_mm, layout=layout, slab_mm=slab_mm)
+
+        return MinedScan(self.subject, cut(self.xyz_mm), self.is_cmb, cut(self.candidates.xyz_mm),
+                         self.candidates.to_records(self.subject), self.truth_rows)
+
+
+def mine_points(scan: LabelledScan, proposer: Proposer, rng: np.random.Generator, *, max_candidates: int = 40,
+                max_mimics: int = 12, jitter_copies: int = 2) -> MinedPoints:
+    """Run stage 1 on a labelled scan and label the points to learn from (see the module docstring)."""
     volume = load_volume(scan.image_path)
     candidates = propose_candidates(volume, proposer, max_candidates=max_candidates)
     matched = match_detections(scan.cmb_xyz_mm, scan.cmb_diameter_mm, candidates.xyz_mm, candidates.score)
@@ -71,10 +94,16 @@ def mine_scan(scan: LabelledScan, proposer: Proposer, rng: np.random.Generator, 
         points.append(mimic)
         labels.append(np.zeros(len(mimic), bool))
     xyz = np.concatenate([p.reshape(-1, 3) for p in points])
-    patches = extract_patches(volume, xyz, fov_mm=fov_mm)
-    return MinedScan(scan.subject, patches, np.concatenate(labels),
-                     extract_patches(volume, candidates.xyz_mm, fov_mm=fov_mm),
-                     candidates.to_records(scan.subject), scan.truth_records())
+    return MinedPoints(scan.subject, volume, xyz, np.concatenate(labels), candidates, scan.truth_records())
+
+
+def mine_scan(scan: LabelledScan, proposer: Proposer, rng: np.random.Generator, *, max_candidates: int = 40,
+              max_mimics: int = 12, jitter_copies: int = 2, fov_mm: float = FOV_MM, layout: str = "planes",
+              slab_mm: float = SLAB_MM) -> MinedScan:
+    """`mine_points` then the patches of one layout."""
+    mined = mine_points(scan, proposer, rng, max_candidates=max_candidates, max_mimics=max_mimics,
+                        jitter_copies=jitter_copies)
+    return mined.patches(fov_mm=fov_mm, layout=layout, slab_mm=slab_mm)
 
 
 def patch_augmenter(seed: int):
@@ -142,8 +171,8 @@ def choose_operating_point(reclassifier: Reclassifier, mined: list[MinedScan]) -
 def train_reclassifier(
     scans: list[LabelledScan], proposer: Proposer, rng: np.random.Generator, *,
     val_scans: list[LabelledScan] | None = None, epochs: int = 30, batch: int = 64, val_fraction: float = 0.15,
-    fov_mm: float = FOV_MM, workdir: Path | None = None, device: str = "cpu", log: Callable[[str], None] = print,
-    progress: bool = False,
+    fov_mm: float = FOV_MM, layout: str = "planes", slab_mm: float = SLAB_MM, workdir: Path | None = None,
+    device: str = "cpu", log: Callable[[str], None] = print, progress: bool = False,
 ) -> Reclassifier:
     """Mine, write the patch dataset, train with ultralytics, choose the operating point; seeded by
     ``rng``. Validation (best epoch, operating point) is on ``val_scans`` if given, else on
@@ -159,9 +188,19 @@ def train_reclassifier(
     everything = [(s, mined_train) for s in scans] + [(s, mined_val) for s in val_scans]
     for n, (scan, into) in enumerate(tqdm(everything, desc="mining candidates", unit="scan", file=sys.stderr,
                                           dynamic_ncols=True, disable=not progress, leave=False)):
-        into.append(mine_scan(scan, proposer, rng, fov_mm=fov_mm))
+        into.append(mine_scan(scan, proposer, rng, fov_mm=fov_mm, layout=layout, slab_mm=slab_mm))
         if (n + 1) % 10 == 0 or n + 1 == len(everything):
             log(f"mined {n + 1}/{len(everything)} scans")
+    return fit_reclassifier(mined_train, mined_val, rng, epochs=epochs, batch=batch, fov_mm=fov_mm, layout=layout,
+                            slab_mm=slab_mm, workdir=workdir, device=device, log=log)
+
+
+def fit_reclassifier(
+    mined_train: list[MinedScan], mined_val: list[MinedScan], rng: np.random.Generator, *, epochs: int = 30,
+    batch: int = 64, fov_mm: float = FOV_MM, layout: str = "planes", slab_mm: float = SLAB_MM,
+    workdir: Path | None = None, device: str = "cpu", log: Callable[[str], None] = print,
+) -> Reclassifier:
+    """Train on mined patches (of ``layout``) and choose the operating point on ``mined_val``."""
     with tempfile.TemporaryDirectory(prefix="cmbdet-stage2-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         dataset = root / "patches"
@@ -170,7 +209,7 @@ def train_reclassifier(
         log(f"patches: train {train_counts}, val {val_counts}")
         net, yaml = train_classifier(dataset, root / "runs", epochs=epochs, imgsz=PATCH_PIXELS, batch=batch,
                                      seed=int(rng.integers(2**31)), device=device)
-    reclassifier = Reclassifier(net=net, yaml=yaml, fov_mm=fov_mm)
+    reclassifier = Reclassifier(net=net, yaml=yaml, fov_mm=fov_mm, layout=layout, slab_mm=slab_mm)
     weight, threshold, pooled = choose_operating_point(reclassifier, mined_val or mined_train)
     reclassifier.threshold, reclassifier.stage1_weight = threshold, weight
     reclassifier.metadata.update(

@@ -1,0 +1,62 @@
+"""Phantom families: independent simulators, each standing for what one site or one simulator does.
+
+Every model cmbdet ships is trained on the *training* families, chosen (ablations, variants,
+thresholds) on the *validation* family, and judged once on the *test* family, which shares no
+vessel, microbleed or noise code with the others (it was written separately and frozen before
+training). The headline figures in the README and model cards are test-family figures.
+
+| family | role | what it is |
+|---|---|---|
+| ``classic`` | training | the original generator (:mod:`.generate`) |
+| ``randomized`` | training | the same anatomy with domain randomization (:mod:`.randomize`) |
+| ``beta`` | validation | an independent simulator (:mod:`.beta`) |
+| ``gamma`` | test | an independent simulator (:mod:`.gamma`), frozen |
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .generate import PhantomSubject, make_subject
+from .randomize import Randomization
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    role: str  # "training" | "validation" | "test"
+    description: str
+
+
+FAMILIES = {
+    f.name: f for f in (
+        Family("classic", "training", "the original cmbdet generator"),
+        Family("randomized", "training", "the original anatomy with domain randomization of tissue contrast, "
+                                         "vessels, microbleed profile, noise and SWI processing"),
+        Family("beta", "validation", "an independent simulator (validation: model and threshold choice)"),
+        Family("gamma", "test", "an independent simulator written separately, frozen (test: headline figures)"),
+    )
+}
+
+
+def subject_maker(family: str, *, without: tuple[str, ...] = ()) -> Callable[..., PhantomSubject]:
+    """``make(rng, *, subject, tiny) -> PhantomSubject`` for a family. ``without``: randomization
+    ingredients switched off (``randomized`` only; for ablations)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown phantom family {family!r}; known: {', '.join(FAMILIES)}")
+    if without and family != "randomized":
+        raise ValueError("--without applies to the 'randomized' family only")
+    if family == "classic":
+        return make_subject
+    if family == "randomized":
+        randomization = Randomization.without(list(without))
+
+        def make(rng: np.random.Generator, *, subject: str, tiny: bool = False) -> PhantomSubject:
+            return make_subject(rng, subject=subject, tiny=tiny, randomization=randomization)
+
+        return make
+    return importlib.import_module(f"{__package__}.{family}").make_subject

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Which views should stage 2 read to tell a vein from a microbleed? Trains one stage-2 classifier per
+patch layout on the same mined candidates and scores each end to end on the validation family.
+
+    cmbdet phantom -o DATA/train-a -n 50 --seed 101 --family randomized --no-montage   (and more seeds)
+    cmbdet phantom -o DATA/val-beta -n 30 --seed 7101 --family beta --no-montage
+    python tools/compare_stage2_views.py --train DATA/train-a DATA/train-b --val DATA/val-beta \
+        --layouts planes mips mixed --epochs 8 --workdir WORK
+
+Stage 1 (``--proposer``, default the shipped one) runs once per scan; the patches of every layout are
+cut from the same points (CMBs, stage-1 candidates, known mimics). Each layout is trained with the same
+seed, epochs and augmentation, its operating point (stage-1 weight, threshold) chosen on the
+validation scans, and the figures printed are those of the validation scans at that point:
+lesion-level sensitivity, precision, F1, FP/subject, and how many of the false positives among all
+stage-1 candidates stage 2 removes at what loss of their sensitivity. Each model is saved as
+``WORK/<layout>.safetensors`` (ready to ship: its operating point is stored in it). Validation figures
+are optimistic for every layout alike (the operating point is chosen there); the test family is not
+touched here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _stage2_filter_figures(reclassifier, mined) -> dict:
+    """Among all stage-1 candidates: share of false positives removed and of true positives lost at the
+    reclassifier's operating point."""
+    from cmbdet.evaluate import match_detections
+    from cmbdet.reclassifier.infer import cmb_probability, final_score
+
+    tp_total = tp_kept = fp_total = fp_kept = 0
+    for m in mined:
+        if not m.candidate_rows:
+            continue
+        xyz = np.array([[r["x_mm"], r["y_mm"], r["z_mm"]] for r in m.candidate_rows], float)
+        stage1 = np.array([r["score"] for r in m.candidate_rows], float)
+        truth = np.array([[float(r["x_mm"]), float(r["y_mm"]), float(r["z_mm"])] for r in m.truth_rows
+                          if r.get("x_mm") not in ("", None)], float).reshape(-1, 3)
+        diam = np.array([float(r.get("diameter_mm") or 4.0) for r in m.truth_rows
+                         if r.get("x_mm") not in ("", None)], float)
+        hit = match_detections(truth, diam, xyz, stage1) >= 0
+        keep = final_score(stage1, cmb_probability(reclassifier, m.candidate_patches),
+                           reclassifier.stage1_weight) >= reclassifier.threshold
+        tp_total += int(hit.sum())
+        tp_kept += int((hit & keep).sum())
+        fp_total += int((~hit).sum())
+        fp_kept += int((~hit & keep).sum())
+    return {"fp_removed": 1 - fp_kept / max(fp_total, 1), "sensitivity_lost": 1 - tp_kept / max(tp_total, 1),
+            "candidate_tp": tp_total, "candidate_fp": fp_total}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", nargs="+", required=True)
+    parser.add_argument("--val", nargs="+", required=True)
+    parser.add_argument("--proposer", help="stage-1 weights (default: shipped)")
+    parser.add_argument("--layouts", nargs="+", default=["planes", "mips", "mixed"])
+    parser.add_argument("--slab-mm", type=float, default=10.0)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", required=True)
+    args = parser.parse_args(argv)
+
+    from cmbdet.proposer.infer import load_proposer
+    from cmbdet.reclassifier.train import fit_reclassifier, mine_points
+    from cmbdet.training_data import describe_sources, read_labelled_set
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    proposer = load_proposer(args.proposer)
+    train = [s for d in args.train for s in read_labelled_set(d)]
+    val = [s for d in args.val for s in read_labelled_set(d)]
+    rng = np.random.default_rng(args.seed)
+    mined: dict[str, dict[str, list]] = {layout: {"train": [], "val": []} for layout in args.layouts}
+    started = time.perf_counter()
+    for n, (split, scan) in enumerate([("train", s) for s in train] + [("val", s) for s in val], start=1):
+        points = mine_points(scan, proposer, rng)
+        for layout in args.layouts:
+            mined[layout][split].append(points.patches(layout=layout, slab_mm=args.slab_mm))
+        del points
+        if n % 10 == 0:
+            print(f"mined {n}/{len(train) + len(val)} scans ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    rows = []
+    for layout in args.layouts:
+        t0 = time.perf_counter()
+        model = fit_reclassifier(mined[layout]["train"], mined[layout]["val"], np.random.default_rng(args.seed),
+                                 epochs=args.epochs, batch=args.batch, layout=layout, slab_mm=args.slab_mm,
+                                 workdir=work / layout, log=lambda line: print(line, file=sys.stderr))
+        seconds = time.perf_counter() - t0
+        model.metadata.update(seed=args.seed, training_data=describe_sources(args.train, train),
+                              validation_data=describe_sources(args.val, val))
+        model.save(work / f"{layout}.safetensors")
+        meta = model.metadata
+        row = {"layout": layout, "threshold": model.threshold, "stage1_weight": model.stage1_weight,
+               "sensitivity": meta.get("val_sensitivity"), "precision": meta.get("val_precision"),
+               "f1": meta.get("val_f1"), "fp_per_subject": meta.get("val_fp_per_subject"),
+               **_stage2_filter_figures(model, mined[layout]["val"]), "train_seconds": round(seconds)}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    print(f"validation scans: {len(val)} ({sum(len(s.cmb_xyz_mm) for s in val)} CMB); training scans: {len(train)}")
+    print("| layout | threshold | w | sensitivity | precision | F1 | FP/subject | stage-2 FP removed | "
+          "sensitivity lost | training s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['layout']} | {r['threshold']:.2f} | {r['stage1_weight']:.1f} | {r['sensitivity']:.3f} | "
+              f"{r['precision']:.3f} | {r['f1']:.3f} | {r['fp_per_subject']:.2f} | {r['fp_removed']:.1%} | "
+              f"{r['sensitivity_lost']:.1%} | {r['train_seconds']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
