@@ -1,7 +1,7 @@
 """Labelled scans for training and benchmarking: a phantom/data folder or a manifest CSV.
 
-* A folder: every ``*.nii`` / ``*.nii.gz`` in it is a scan whose subject id is the file name without
-  extension; ``truth.csv`` beside them holds the CMBs (format of ``cmbdet evaluate``: subject,
+* A folder: every ``*.nii`` / ``*.nii.gz`` in it is a scan whose subject id is the one ``cmbdet detect``
+  gives it (`cmbdet.batch.subject_id`: BIDS entities but echo/part, else the file name without extension); ``truth.csv`` beside them holds the CMBs (format of ``cmbdet evaluate``: subject,
   x_mm, y_mm, z_mm, diameter_mm, region; a CMB-free subject has one row with empty coordinates);
   ``mimics.csv`` (optional: subject, x_mm, y_mm, z_mm, kind) lists known mimics used as hard negatives.
 * A manifest ``.csv`` with columns ``subject, image`` (image paths absolute or relative to the
@@ -20,8 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cmbdet.batch import subject_id
 from cmbdet.errors import InputError
 from cmbdet.evaluate import read_truth
+
+#: The subject id of a scan file, as ``cmbdet detect`` writes it (kept under its older name).
+subject_from_filename = subject_id
 
 
 @dataclass(frozen=True)
@@ -51,27 +55,13 @@ def hold_out(scans: list[LabelledScan], fraction: float, rng: np.random.Generato
     return [scans[i] for i in order[n_val:]], [scans[i] for i in order[:n_val]]
 
 
-def subject_from_filename(path: str | Path) -> str:
-    """Subject id from a file name: BIDS ``sub-X[_ses-Y]`` entities if present, else the stem."""
-    name = Path(path).name
-    for ext in (".nii.gz", ".nii"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    parts = name.split("_")
-    entities = [p for p in parts if p.startswith(("sub-", "ses-"))]
-    if entities and entities[0].startswith("sub-"):
-        return "_".join(entities)
-    return name
-
-
 def read_labelled_set(source: str | Path, truth: str | Path | None = None) -> list[LabelledScan]:
     """Read a labelled folder or manifest (see module docstring) into `LabelledScan`s."""
     source = Path(source)
     if not source.exists():
         raise InputError(source, "no such file or folder")
     if source.is_dir():
-        images = {subject_from_filename(p): p for p in sorted(source.iterdir())
+        images = {subject_id(p): p for p in sorted(source.iterdir())
                   if p.name.lower().endswith((".nii", ".nii.gz")) and not p.name.startswith(".")}
         folder = source
     else:
