@@ -1,7 +1,8 @@
 """Labelled scans for training and benchmarking: a phantom/data folder or a manifest CSV.
 
 * A folder: every ``*.nii`` / ``*.nii.gz`` in it is a scan whose subject id is the one ``cmbdet detect``
-  gives it (`cmbdet.batch.subject_id`: BIDS entities but echo/part, else the file name without extension); ``truth.csv`` beside them holds the CMBs (format of ``cmbdet evaluate``: subject,
+  gives it (`cmbdet.batch.subject_id`: BIDS entities but echo/part, else the file name without
+  extension); ``truth.csv`` beside them holds the CMBs (format of ``cmbdet evaluate``: subject,
   x_mm, y_mm, z_mm, diameter_mm, region; a CMB-free subject has one row with empty coordinates);
   ``mimics.csv`` (optional: subject, x_mm, y_mm, z_mm, kind) lists known mimics used as hard negatives.
 * A manifest ``.csv`` with columns ``subject, image`` (image paths absolute or relative to the
