@@ -434,8 +434,10 @@ def run_batch(
 
         known = {r.subject: r for r in load_records(outdir, job.name)}
         current = {s.subject for s in subjects}
-        done = {k: r for k, r in known.items() if r.settings_id == sid and not overwrite}
-        left_out = sorted(k for k, r in known.items() if k not in done and k not in current)
+        # Records made with these settings count (also of subjects not in this run: the tables are the
+        # union); with --overwrite the subjects of this run are redone all the same.
+        done = {k: r for k, r in known.items() if r.settings_id == sid and not (overwrite and k in current)}
+        left_out = sorted(k for k, r in known.items() if r.settings_id != sid and k not in current)
         if overwrite:
             _remove_subject_files(outdir, [known[k] for k in left_out], job.name)
             left_out = []

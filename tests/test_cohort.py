@@ -107,6 +107,10 @@ def test_a_subject_folder_made_with_other_settings_is_never_mixed_in(tmp_path, r
     result = run_batch(DetectJob(random_weights, pictures=False), subjects, out)
     assert result.skipped_done == 2  # sub-00 is in this run: redone with this run's settings
     assert [r["subject"] for r in _rows(out / "counts.csv")] == ["sub-00", "sub-01", "sub-02"]
+    # --overwrite redoes this run's subjects and keeps the others made with the same settings.
+    result = run_batch(DetectJob(random_weights, pictures=False), subjects[1:], out, overwrite=True)
+    assert result.skipped_done == 0 and len(result.records) == 2
+    assert [r["subject"] for r in _rows(out / "counts.csv")] == ["sub-00", "sub-01", "sub-02"]
 
 
 def test_kill_9_mid_batch_then_rerun_finishes_the_rest_each_subject_once(tmp_path, random_weights):
