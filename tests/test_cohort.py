@@ -84,7 +84,7 @@ def test_other_settings_are_refused_in_one_line_unless_overwrite(tmp_path, rando
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "threshold 0.0 there, 0.5 now" in lines[0] and "--overwrite" in lines[0], lines
     assert main([*base, "--echo", "last"]) == 2
-    assert "echo rss there, last now" in capsys.readouterr().err
+    assert "echo auto there, last now" in capsys.readouterr().err
     assert main([*base, "--threshold", "0.5", "--overwrite"]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["threshold"] == 0.5
