@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--mine-only", action="store_true", help="mine and cache the scans, train nothing")
+    parser.add_argument("--cache", help="folder of mined scans to reuse (default WORKDIR/mined); the proposer "
+                                        "must be the same as when they were mined")
     args = parser.parse_args(argv)
 
     from cmbdet.proposer.infer import load_proposer
@@ -103,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     val = [s for d in args.val for s in read_labelled_set(d)]
     mined: dict[str, dict[str, list]] = {layout: {"train": [], "val": []} for layout in args.layouts}
     started = time.perf_counter()
-    cache = work / "mined"
-    cache.mkdir(exist_ok=True)
+    cache = Path(args.cache) if args.cache else work / "mined"
+    cache.mkdir(parents=True, exist_ok=True)
     for n, (split, scan) in enumerate([("train", s) for s in train] + [("val", s) for s in val], start=1):
         for layout, one in _mined_layouts(scan, proposer, np.random.default_rng([args.seed, n]), args.layouts,
                                           args.slab_mm, cache).items():
