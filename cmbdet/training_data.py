@@ -4,8 +4,9 @@
   extension; ``truth.csv`` beside them holds the CMBs (format of ``cmbdet evaluate``: subject,
   x_mm, y_mm, z_mm, diameter_mm, region; a CMB-free subject has one row with empty coordinates);
   ``mimics.csv`` (optional: subject, x_mm, y_mm, z_mm, kind) lists known mimics used as hard negatives.
-* A manifest ``.csv`` with columns ``subject, image`` (image paths absolute or relative to the
-  manifest's folder); the truth is ``--truth`` or ``truth.csv`` beside the manifest.
+* A manifest ``.csv`` with columns ``subject`` and ``image`` or ``path`` (image paths absolute or
+  relative to the manifest's folder; ``cmbdet convert`` writes ``path``); the truth is ``--truth`` or
+  ``truth.csv`` beside the manifest.
 
 Only subjects that appear in the truth are used: a scan without a truth row has unknown labels.
 """
@@ -97,11 +98,15 @@ def read_labelled_set(source: str | Path, truth: str | Path | None = None) -> li
 def _read_manifest(path: Path) -> dict[str, Path]:
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"subject", "image"} <= set(reader.fieldnames):
-            raise InputError(path, "a manifest needs the columns subject, image")
+        columns = set(reader.fieldnames or [])
+        column = "image" if "image" in columns else "path"
+        if "subject" not in columns or column not in columns:
+            raise InputError(path, "a manifest needs the columns subject and image (or path)")
         out = {}
         for row in reader:
-            image = Path(row["image"])
+            if not row[column]:
+                continue
+            image = Path(row[column])
             out[row["subject"]] = image if image.is_absolute() else path.parent / image
     return out
 
