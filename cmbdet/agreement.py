@@ -138,11 +138,15 @@ def count_agreement(rated: Mapping[str, float], predicted: Mapping[str, float]) 
 
 
 def read_rated_counts(path: str | Path) -> dict[str, float]:
-    """Rated counts per subject: a manifest (``subject, n_cmb``; empty = unrated, left out) or a
-    truth.csv (microbleed rows per subject; an empty-coordinate row = 0)."""
+    """Rated counts per scan: a manifest (``subject[, session], n_cmb``; the scan id is
+    ``subject_session`` as detect names it; empty = unrated, left out) or a truth.csv (microbleed rows
+    per subject; an empty-coordinate row = 0)."""
     rows = _read_csv(path, ("subject",))
     if rows and "n_cmb" in rows[0]:
-        return {r["subject"]: _count(r["n_cmb"], path, r) for r in rows if r["n_cmb"] != ""}
+        from cmbdet.training_data import scan_id
+
+        return {scan_id(r["subject"], r.get("session", "")): _count(r["n_cmb"], path, r)
+                for r in rows if r["n_cmb"] != ""}
     from cmbdet.evaluate import read_truth
 
     table = read_truth(path)

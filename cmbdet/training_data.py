@@ -5,8 +5,9 @@
   x_mm, y_mm, z_mm, diameter_mm, region; a CMB-free subject has one row with empty coordinates);
   ``mimics.csv`` (optional: subject, x_mm, y_mm, z_mm, kind) lists known mimics used as hard negatives.
 * A manifest ``.csv`` with columns ``subject`` and ``image`` or ``path`` (image paths absolute or
-  relative to the manifest's folder; ``cmbdet convert`` writes ``path``); the truth is ``--truth`` or
-  ``truth.csv`` beside the manifest.
+  relative to the manifest's folder; ``cmbdet convert`` writes ``path``) and optionally ``session``:
+  the scan's id is then ``<subject>_<session>`` (`scan_id`), as ``detect`` names a manifest's scans;
+  the truth is ``--truth`` or ``truth.csv`` beside the manifest.
 
 Only subjects that appear in the truth are used: a scan without a truth row has unknown labels.
 """
@@ -64,6 +65,15 @@ def subject_from_filename(path: str | Path) -> str:
     return name
 
 
+def scan_id(subject: str, session: str = "") -> str:
+    """The id of a manifest row's scan: ``subject``, or ``subject_session`` when there is a session
+    (``sub-01`` + ``ses-2`` -> ``sub-01_ses-2``; a subject that already ends with it is kept)."""
+    subject, session = subject.strip(), session.strip()
+    if not session or subject.endswith(f"_{session}"):
+        return subject
+    return f"{subject}_{session}"
+
+
 def read_labelled_set(source: str | Path, truth: str | Path | None = None) -> list[LabelledScan]:
     """Read a labelled folder or manifest (see module docstring) into `LabelledScan`s."""
     source = Path(source)
@@ -107,7 +117,8 @@ def _read_manifest(path: Path) -> dict[str, Path]:
             if not row[column]:
                 continue
             image = Path(row[column])
-            out[row["subject"]] = image if image.is_absolute() else path.parent / image
+            out[scan_id(row["subject"], row.get("session") or "")] = image if image.is_absolute() else \
+                path.parent / image
     return out
 
 

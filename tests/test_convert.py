@@ -15,7 +15,7 @@ import pytest
 
 from cmbdet.cli import main
 from cmbdet.datasets.series import choose_series
-from cmbdet.training_data import read_labelled_set, subject_from_filename
+from cmbdet.training_data import read_labelled_set, scan_id, subject_from_filename
 from tests.loni_trees import (
     geometry,
     oblique_lps_affine,
@@ -41,6 +41,11 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def _by_scan(manifest: list[dict]) -> dict[str, dict]:
+    """Manifest rows by scan id (subject + session, as detect and training name them)."""
+    return {scan_id(r["subject"], r["session"]): r for r in manifest}
 
 
 def _tree_hash(root: Path) -> dict[str, str]:
@@ -157,16 +162,16 @@ def test_adni_tree_becomes_bids_with_manifest_truth_and_report(adni, tmp_path, c
     assert code == 0
 
     manifest = _rows(out / "manifest.csv")
-    assert list(manifest[0])[:8] == ["subject", "participant_id", "session", "image_id", "path", "modality",
-                                     "n_cmb", "n_cmb_definite"]
-    by_subject = {r["subject"]: r for r in manifest}
+    assert list(manifest[0])[:8] == ["subject", "session", "image_id", "path", "modality", "n_cmb",
+                                     "n_cmb_definite", "n_cmb_possible"]
+    by_subject = _by_scan(manifest)
     assert sorted(by_subject) == ["sub-ADNI002S0295_ses-m60", "sub-ADNI005S0610_ses-20130115",
                                   "sub-ADNI005S0610_ses-bl", "sub-ADNI010S0100_ses-m36"]
     first = by_subject["sub-ADNI002S0295_ses-m60"]
     assert first["path"] == "sub-ADNI002S0295/ses-m60/anat/sub-ADNI002S0295_ses-m60_T2starw.nii.gz"
     assert (first["image_id"], first["n_cmb"], first["n_cmb_definite"], first["n_cmb_possible"]) == \
         ("I238627", "3", "2", "1")  # the siderosis row is not a microbleed
-    assert (first["participant_id"], first["session"], first["rid"]) == ("sub-ADNI002S0295", "ses-m60", "295")
+    assert (first["subject"], first["session"], first["rid"]) == ("sub-ADNI002S0295", "ses-m60", "295")
     swi = by_subject["sub-ADNI010S0100_ses-m36"]
     assert (swi["modality"], swi["n_cmb"], swi["n_cmb_definite"], swi["n_cmb_possible"]) == ("swi", "2", "1", "1")
     assert swi["path"].endswith("_swi.nii.gz")
@@ -174,8 +179,8 @@ def test_adni_tree_becomes_bids_with_manifest_truth_and_report(adni, tmp_path, c
     assert (clean["n_cmb"], clean["n_cmb_definite"], clean["in_truth"], clean["format"]) == ("0", "0", "1", "nifti")
     unrated = by_subject["sub-ADNI005S0610_ses-20130115"]
     assert (unrated["n_cmb"], unrated["in_truth"], unrated["description"]) == ("", "0", "Axial T2* GRE, repeat (2)")
-    for row in manifest:  # the id detect derives from the file name is the manifest's
-        assert subject_from_filename(row["path"]) == row["subject"]
+    for row in manifest:  # the id detect derives from the file name is the manifest's subject + session
+        assert subject_from_filename(row["path"]) == "_".join((row["subject"], row["session"]))
         assert (out / row["path"]).is_file() and (out / row["path"]).with_name(
             Path(row["path"]).name.replace(".nii.gz", ".json")).is_file()
 
@@ -227,7 +232,7 @@ def test_several_scans_rule_and_series_override(adni, tmp_path):
     out = tmp_path / "latest"
     assert main(["convert", "adni", str(adni["src"]), "-o", str(out), "--ratings", str(adni["ratings"]),
                  "--several-scans", "latest"]) == 0
-    row = next(r for r in _rows(out / "manifest.csv") if r["participant_id"] == "sub-ADNI002S0295")
+    row = next(r for r in _rows(out / "manifest.csv") if r["subject"] == "sub-ADNI002S0295")
     assert (row["image_id"], row["session"], row["n_cmb"]) == ("I238630", "ses-m60", "")  # the later, unrated one
     report = _rows(out / "conversion_report.csv")
     assert any(r["image_id"] == "I238627" and "another scan" in r["reason"] for r in report)
@@ -281,7 +286,7 @@ def test_aibl_tree_with_lps_ratings(tmp_path):
                          "Z": p[2]} for s, p in zip(("Definite", "Possible"), lps)])
     out = tmp_path / "out"
     assert main(["convert", "aibl", str(src), "-o", str(out), "--ratings", str(table), "--lps"]) == 0
-    manifest = {r["subject"]: r for r in _rows(out / "manifest.csv")}
+    manifest = _by_scan(_rows(out / "manifest.csv"))
     assert sorted(manifest) == ["sub-AIBL1234_ses-20100304", "sub-AIBL1300_ses-20110707"]
     rated = manifest["sub-AIBL1234_ses-20100304"]
     assert (rated["image_id"], rated["n_cmb"], rated["n_cmb_possible"]) == ("I9012", "2", "1")
@@ -313,7 +318,7 @@ def test_points_folder_with_a_rater_csv(tmp_path, capsys):
     ])
     out = tmp_path / "out"
     assert main(["convert", "points", str(src), "-o", str(out), "--points", str(points)]) == 0
-    manifest = {r["subject"]: r for r in _rows(out / "manifest.csv")}
+    manifest = _by_scan(_rows(out / "manifest.csv"))
     assert sorted(manifest) == ["sub-07_ses-2", "sub-siteApatient01", "sub-siteApatient02swi"]
     assert [manifest[s]["n_cmb"] for s in sorted(manifest)] == ["", "2", "0"]
     assert manifest["sub-siteApatient02swi"]["modality"] == "swi"
@@ -330,7 +335,7 @@ def test_points_folder_with_a_rater_csv(tmp_path, capsys):
 
     out2 = tmp_path / "out2"
     assert main(["convert", "points", str(src), "-o", str(out2), "--points", str(points), "--unlisted-clean"]) == 0
-    assert {r["subject"]: r["n_cmb"] for r in _rows(out2 / "manifest.csv")}["sub-07_ses-2"] == "0"
+    assert _by_scan(_rows(out2 / "manifest.csv"))["sub-07_ses-2"]["n_cmb"] == "0"
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
@@ -353,3 +358,30 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     ("Axial_T2_FLAIR", False), ("Axial_DTI", False)])
 def test_series_choice_by_description(name, taken):
     assert choose_series(name).take is taken
+
+
+def test_train_proposer_from_a_converted_manifest(adni, tmp_path):
+    out = tmp_path / "bids"
+    assert main(["convert", "adni", str(adni["src"]), "-o", str(out), "--ratings", str(adni["ratings"])]) == 0
+    weights = tmp_path / "proposer.safetensors"
+    assert main(["train", "proposer", "--data", str(out / "manifest.csv"), "-o", str(weights), "--steps", "2",
+                 "--batch-size", "2", "--spacing-mm", "2"]) == 0
+    from cmbdet.weights import load_state
+
+    _, meta = load_state(weights)
+    assert meta["train_subjects"] + meta["val_scans"] == 3  # the three scans with rated coordinates
+
+
+def test_training_manifests_old_and_new_columns(scan_dir):
+    """The training reader keeps reading ``subject, image`` manifests and also reads the converter's
+    ``subject, session, path`` (scan id ``subject_session``)."""
+    (scan_dir / "truth.csv").write_text("subject,x_mm,y_mm,z_mm\nsub-01_ses-1,10,5,2\nsub-02,,,\n")
+    (scan_dir / "old.csv").write_text("subject,image\nsub-01_ses-1,sub-01_ses-1_swi.nii.gz\n"
+                                      f"sub-02,{scan_dir / 'sub-02_T2starw.nii.gz'}\n")
+    (scan_dir / "new.csv").write_text("subject,session,path,n_cmb\nsub-01,ses-1,sub-01_ses-1_swi.nii.gz,1\n"
+                                      "sub-02,,sub-02_T2starw.nii.gz,0\n")
+    for manifest in ("old.csv", "new.csv"):
+        scans = {s.subject: s for s in read_labelled_set(scan_dir / manifest)}
+        assert sorted(scans) == ["sub-01_ses-1", "sub-02"]
+        assert scans["sub-01_ses-1"].image_path == scan_dir / "sub-01_ses-1_swi.nii.gz"
+        assert len(scans["sub-01_ses-1"].cmb_xyz_mm) == 1 and len(scans["sub-02"].cmb_xyz_mm) == 0

@@ -153,7 +153,7 @@ def convert_loni(layout: LoniLayout, src: str | Path, out: str | Path, *, rating
         if in_truth:
             truth.extend(truth_rows(subject, rated))
         manifest.append({
-            "subject": subject, "participant_id": f"sub-{scan.participant}", "session": f"ses-{scan.session}",
+            "subject": f"sub-{scan.participant}", "session": f"ses-{scan.session}",
             "image_id": _iid(scan.image_id), "path": rel.as_posix(), "modality": scan.modality,
             **(rated.count_columns() if rated is not None else UNRATED_COUNTS), "in_truth": int(in_truth),
             "rid": scan.rid, "scan_date": _date_text(scan.scan_date), "visit_code": _visit_code(scan),
@@ -163,7 +163,7 @@ def convert_loni(layout: LoniLayout, src: str | Path, out: str | Path, *, rating
     write_dataset_description(out, f"{layout.name} susceptibility-weighted scans (cmbdet convert)")
     truth.sort(key=lambda r: r["subject"])
     files = write_outputs(out, manifest, report, truth if ratings is not None and ratings.has_coordinates else None)
-    return ConversionResult(manifest=sorted(manifest, key=lambda r: r["subject"]), report=report, files=files)
+    return ConversionResult(manifest=manifest, report=report, files=files)
 
 
 # ------------------------------------------------------------------------------------- walking

@@ -1,8 +1,10 @@
 """What a conversion writes beside the BIDS tree: ``manifest.csv``, ``truth.csv``, ``conversion_report.csv``.
 
-``manifest.csv``: one row per converted scan, columns `MANIFEST_COLUMNS`. ``subject`` is the id that
-``cmbdet detect`` derives from the file name (``sub-X_ses-Y``), ``path`` is relative to the manifest's
-folder. ``n_cmb`` = ``n_cmb_definite`` + ``n_cmb_possible`` for a rated scan, empty for an unrated one.
+``manifest.csv``: one row per converted scan, columns `MANIFEST_COLUMNS`. ``subject`` (``sub-X``) and
+``session`` (``ses-Y``, empty when there is none) together give the scan's id ``sub-X_ses-Y``: the id
+``cmbdet detect`` derives from the file name and reads from a manifest, and the one truth.csv uses.
+``path`` is relative to the manifest's folder. ``n_cmb`` = ``n_cmb_definite`` + ``n_cmb_possible``
+for a rated scan, empty for an unrated one.
 
 ``truth.csv`` (only when the ratings give coordinates): the format ``cmbdet evaluate`` and ``train``
 read — one row per microbleed (``subject, x_mm, y_mm, z_mm`` scanner RAS, ``diameter_mm``, ``region``,
@@ -20,7 +22,7 @@ from pathlib import Path
 from cmbdet.outputs import write_csv_atomic
 
 MANIFEST_COLUMNS = (
-    "subject", "participant_id", "session", "image_id", "path", "modality",
+    "subject", "session", "image_id", "path", "modality",
     "n_cmb", "n_cmb_definite", "n_cmb_possible", "in_truth",
     "rid", "scan_date", "visit_code", "description", "format", "source",
 )
@@ -85,10 +87,11 @@ class ConversionResult:
 
 
 def write_outputs(out: Path, manifest: list[dict], report: list[dict], truth: list[dict] | None) -> dict[str, Path]:
-    """Write manifest.csv (sorted by subject), conversion_report.csv and, when given, truth.csv."""
+    """Write manifest.csv (rows sorted in place by subject, session), conversion_report.csv and, when
+    given, truth.csv."""
+    manifest.sort(key=lambda r: (r["subject"], r["session"]))
     written = {
-        "manifest": write_csv_atomic(out / "manifest.csv", sorted(manifest, key=lambda r: r["subject"]),
-                                     MANIFEST_COLUMNS),
+        "manifest": write_csv_atomic(out / "manifest.csv", manifest, MANIFEST_COLUMNS),
         "report": write_csv_atomic(out / "conversion_report.csv", report, REPORT_COLUMNS),
     }
     if truth is not None:

@@ -154,7 +154,7 @@ def convert_points(src: str | Path, out: str | Path, points: str | Path, *, lps:
             if outside:
                 notes.append(f"{outside} rated point(s) outside the image (LPS coordinates? see --lps)")
         manifest.append({
-            "subject": subject, "participant_id": f"sub-{participant}",
+            "subject": f"sub-{participant}",
             "session": f"ses-{session}" if session else "", "image_id": "", "path": out_rel.as_posix(),
             "modality": modality, **(rated.count_columns() if rated is not None else UNRATED_COUNTS),
             "in_truth": int(rated is not None), "format": kind, "source": rel,
@@ -163,4 +163,4 @@ def convert_points(src: str | Path, out: str | Path, points: str | Path, *, lps:
     write_dataset_description(out, "scans with rated points (cmbdet convert points)")
     truth.sort(key=lambda r: r["subject"])
     files = write_outputs(out, manifest, report, truth)
-    return ConversionResult(manifest=sorted(manifest, key=lambda r: r["subject"]), report=report, files=files)
+    return ConversionResult(manifest=manifest, report=report, files=files)
