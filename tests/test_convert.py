@@ -385,3 +385,27 @@ def test_training_manifests_old_and_new_columns(scan_dir):
         assert sorted(scans) == ["sub-01_ses-1", "sub-02"]
         assert scans["sub-01_ses-1"].image_path == scan_dir / "sub-01_ses-1_swi.nii.gz"
         assert len(scans["sub-01_ses-1"].cmb_xyz_mm) == 1 and len(scans["sub-02"].cmb_xyz_mm) == 0
+
+
+def test_multi_echo_dicom_becomes_one_4d_image_detect_can_read(tmp_path):
+    import pydicom
+
+    from cmbdet.volume import load_volume
+
+    folder = tmp_path / "src" / "ADNI" / "002_S_0295" / "Axial_T2_Star" / "2011-06-02_12_52_24.0" / "I5"
+    first = write_dicom_series(folder, geometry("axial"), description="Axial_T2_Star", spots_ras=[],
+                               name="e1_{n:03d}.dcm", echo_time_ms=10)
+    second = write_dicom_series(folder, geometry("axial"), description="Axial_T2_Star", spots_ras=[],
+                                name="e2_{n:03d}.dcm", echo_time_ms=25)
+    uid = pydicom.dcmread(first[0]).SeriesInstanceUID
+    for echo, files in ((1, first), (2, second)):
+        for n, path in enumerate(files):
+            ds = pydicom.dcmread(path)
+            ds.SeriesInstanceUID, ds.EchoNumbers, ds.InstanceNumber = uid, echo, 100 * echo + n
+            ds.save_as(path)
+    out = tmp_path / "out"
+    assert main(["convert", "adni", str(tmp_path / "src"), "-o", str(out)]) == 0
+    row = _rows(out / "manifest.csv")[0]
+    assert nib.load(out / row["path"]).shape == (48, 56, 26, 2)
+    assert "2 echoes stacked" in _rows(out / "conversion_report.csv")[0]["reason"]
+    assert any("root-sum-of-squares" in note for note in load_volume(out / row["path"]).notes)
