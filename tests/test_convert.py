@@ -235,7 +235,8 @@ def test_several_scans_rule_and_series_override(adni, tmp_path):
     row = next(r for r in _rows(out / "manifest.csv") if r["subject"] == "sub-ADNI002S0295")
     assert (row["image_id"], row["session"], row["n_cmb"]) == ("I238630", "ses-m60", "")  # the later, unrated one
     report = _rows(out / "conversion_report.csv")
-    assert any(r["image_id"] == "I238627" and "another scan" in r["reason"] for r in report)
+    assert any(r["image_id"] == "I238627" and "another scan" in r["reason"] and "rating is not used" in r["reason"]
+               for r in report)
 
     out = tmp_path / "phase"
     assert main(["convert", "adni", str(adni["src"]), "-o", str(out), "--series", "^Pha_Images$"]) == 0

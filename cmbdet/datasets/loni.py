@@ -367,8 +367,9 @@ def choose_per_visit(kept: list[Scan], several: str, report: list[dict]) -> list
             ranked = [s for s in ranked if s.ratings] + [s for s in ranked if not s.ratings]
         chosen.append(ranked[0])
         for other in ranked[1:]:
+            unused = "; its rating is not used" if other.ratings else ""
             report.append(other.report_row(
-                "skipped", f"another scan of this visit was chosen ({ranked[0].source_rel}; rule {several})"))
+                "skipped", f"another scan of this visit was chosen ({ranked[0].source_rel}; rule {several}){unused}"))
     return chosen
 
 
