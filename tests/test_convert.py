@@ -410,3 +410,25 @@ def test_multi_echo_dicom_becomes_one_4d_image_detect_can_read(tmp_path):
     assert nib.load(out / row["path"]).shape == (48, 56, 26, 2)
     assert "2 echoes stacked" in _rows(out / "conversion_report.csv")[0]["reason"]
     assert any("root-sum-of-squares" in note for note in load_volume(out / row["path"]).notes)
+
+
+def test_detect_and_evaluate_counts_on_a_converted_tree(adni, random_weights, tmp_path, capsys):
+    """The converted tree plugs into detect (subject ids = manifest scan ids) and evaluate --counts."""
+    out = tmp_path / "bids"
+    assert main(["convert", "adni", str(adni["src"]), "-o", str(out), "--ratings", str(adni["ratings"])]) == 0
+    found = tmp_path / "found"
+    assert main(["detect", str(out), "-o", str(found), "--weights", str(random_weights), "--no-pictures"]) == 0
+    detected = {r["subject"] for r in _rows(found / "counts.csv")}
+    assert detected == set(_by_scan(_rows(out / "manifest.csv")))
+    capsys.readouterr()
+    assert main(["evaluate", "--counts", "--truth", str(out / "manifest.csv"), "--detections",
+                 str(found / "counts.csv"), "--json"]) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["figures"]["n_scans"] == 3  # the unrated scan is left out
+    assert {r["subject"] for r in report["per_scan"]} == {"sub-ADNI002S0295_ses-m60", "sub-ADNI005S0610_ses-bl",
+                                                          "sub-ADNI010S0100_ses-m36"}
+    assert main(["evaluate", "--truth", str(out / "truth.csv"), "--detections", str(found / "detections.csv"),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pooled"]["n_truth"] == 5
