@@ -91,9 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-distance-mm", type=float, default=5.0, help="minimum match distance (mm)")
     p.add_argument("--margin-mm", type=float, default=2.0, help="match distance = max(min, radius + margin)")
     p.add_argument("--counts", action="store_true",
-                   help="compare per-scan counts instead of positions: --truth is a manifest (subject, n_cmb) or "
-                        "truth.csv, --detections a counts.csv or detections.csv; prints ICC, Bland-Altman bias and "
-                        "limits, agreement in the categories 0 / 1 / 2-4 / >=5")
+                   help="compare per-scan counts instead of positions: --truth is a manifest (subject[, session], "
+                        "n_cmb) or truth.csv, --detections a counts.csv or detections.csv; prints ICC, Bland-Altman "
+                        "bias and limits, agreement in the categories 0 / 1 / 2-4 / >=5")
     p.set_defaults(run=_evaluate)
 
     _add_convert_parser(sub, common)
@@ -185,7 +185,7 @@ def _phantom(args) -> int:
 
 
 def _add_convert_parser(sub, common: argparse.ArgumentParser) -> None:
-    from cmbdet.datasets.loni import SEVERAL_SCANS_RULES
+    from cmbdet.datasets import SEVERAL_SCANS_RULES
 
     convert = sub.add_parser("convert", parents=[common], help="convert ADNI/AIBL downloads or rated scans to BIDS",
                              description="Convert a download tree into a BIDS tree + manifest.csv (+ truth.csv, "

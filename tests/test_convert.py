@@ -87,6 +87,8 @@ def adni(tmp_path_factory) -> dict:
                                name=_adni_name("002_S_0295", "Axial_T2-Star", "20110602125224196", 110476, 238627))
     (folder / "ADNI_002_S_0295_MR_Axial_T2-Star__br_raw_20110602125224196_99_S110476_I238627.dcm").write_bytes(
         files[0].read_bytes()[:900])  # cut short: pixel data incomplete
+    (folder / "ADNI_002_S_0295_MR_Axial_T2-Star__br_raw_20110602125224196_98_S110476_I238627.dcm").write_text(
+        "not an image")
     expected_points["I238627"] = spots
     ratings += [_mch(295, "m60", "2011-06-02", "I238627", s, p) for s, p in zip(("Definite", "Definite", "Possible"),
                                                                                spots)]
@@ -209,6 +211,8 @@ def test_adni_tree_becomes_bids_with_manifest_truth_and_report(adni, tmp_path, c
     assert "phase" in skipped["Pha_Images"] and "minimum-intensity" in skipped["mIP_Images"]
     assert "another scan of this visit" in skipped["Axial_T2-Star"]
     assert "corrupt DICOM" in skipped["dicom-file"] and "unknown layout" in skipped["unknown"]
+    assert sum(r["kind"] == "dicom-file" for r in status["skipped"]) == 2
+    assert "2 corrupt DICOM file(s) left out" in status["converted"][0]["reason"] + status["converted"][1]["reason"]
     unmatched = " ".join(r["reason"] for r in status["unmatched"])
     assert "I999999" in unmatched and "I238600" in unmatched and "skipped" in unmatched
     assert _tree_hash(src) == before  # SRC never modified

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmbdet.datasets import SEVERAL_SCANS_RULES
 from cmbdet.datasets.bids import (
     bids_label,
     check_folders,
@@ -45,9 +46,6 @@ from cmbdet.datasets.ratings import RatingTable, ScanRating, normalise_image_id,
 from cmbdet.datasets.series import choose_series
 from cmbdet.errors import InputError
 from cmbdet.training_data import subject_from_filename
-
-#: Rules for choosing one scan when a visit has several (``--several-scans``).
-SEVERAL_SCANS_RULES = ("rated-latest", "latest", "earliest")
 
 _TIMESTAMP = re.compile(r"^(\d{4})-(\d{2})-(\d{2})_(\d{2})_(\d{2})_(\d{2})(\.\d+)?$")
 _ID_FOLDER = re.compile(r"^([IS])(\d+)$")
