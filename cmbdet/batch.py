@@ -279,9 +279,18 @@ def _read_manifest(path: Path) -> list[tuple[str, int | None, Path]]:
         subject = cells[index["subject"]] if "subject" in index else ""
         session = cells[index["session"]] if "session" in index else ""
         if subject:
-            subject = "_".join(_clean_id(v) for v in (subject, session) if v)
+            subject = scan_id(_clean_id(subject), _clean_id(session) if session else "")
         entries.append((subject or name_id, echo, file))
     return entries
+
+
+def scan_id(subject: str, session: str = "") -> str:
+    """The id of a manifest row's scan: ``subject``, or ``subject_session`` when there is a session
+    (``sub-01`` + ``ses-2`` -> ``sub-01_ses-2``; a subject that already ends with it is kept)."""
+    subject, session = subject.strip(), session.strip()
+    if not session or subject.endswith(f"_{session}"):
+        return subject
+    return f"{subject}_{session}"
 
 
 def _clean_id(value: str) -> str:

@@ -136,7 +136,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--score-threshold", type=float, default=0.0, help="ignore detections below this score")
     p.add_argument("--min-distance-mm", type=float, default=5.0, help="minimum match distance (mm)")
     p.add_argument("--margin-mm", type=float, default=2.0, help="match distance = max(min, radius + margin)")
+    p.add_argument("--counts", action="store_true",
+                   help="compare per-scan counts instead of positions: --truth is a manifest (subject[, session], "
+                        "n_cmb) or truth.csv, --detections a counts.csv or detections.csv; prints ICC, Bland-Altman "
+                        "bias and limits, agreement in the categories 0 / 1 / 2-4 / >=5")
     p.set_defaults(run=_evaluate)
+
+    _add_convert_parser(sub, common)
 
     train = sub.add_parser("train", parents=[common], help="train a stage on labelled scans")
     train_sub = train.add_subparsers(title="stages", metavar="STAGE")
@@ -276,8 +282,74 @@ def _phantom(args) -> int:
     return 0
 
 
+def _add_convert_parser(sub, common: argparse.ArgumentParser) -> None:
+    from cmbdet.datasets import SEVERAL_SCANS_RULES
+
+    convert = sub.add_parser("convert", parents=[common], help="convert ADNI/AIBL downloads or rated scans to BIDS",
+                             description="Convert a download tree into a BIDS tree + manifest.csv (+ truth.csv, "
+                                         "conversion_report.csv) that detect, evaluate and train read.")
+    kinds = convert.add_subparsers(title="sources", metavar="SOURCE")
+    for name, archive in (("adni", "ADNI"), ("aibl", "AIBL")):
+        p = kinds.add_parser(name, parents=[common], help=f"a LONI {archive} download (DICOM or NIfTI)",
+                             description=f"Convert a LONI {archive} download: the T2*-GRE / SWI series of every "
+                                         "visit, with the microbleed reads as counts (and truth.csv when the reads "
+                                         "give coordinates). The source tree is never modified.")
+        p.add_argument("src", metavar="SRC", help=f"the download folder (holding {archive}/...)")
+        p.add_argument("-o", "--outdir", required=True, help="output folder (BIDS tree + manifest.csv)")
+        p.add_argument("--ratings", metavar="CSV", help="microbleed reads, e.g. MAYOADIRL_MRI_MCH_<date>.csv")
+        p.add_argument("--series", metavar="REGEX",
+                       help="take the series whose description matches this regex (case-insensitive) instead "
+                            "of the default T2*/SWI/GRE patterns")
+        p.add_argument("--several-scans", choices=SEVERAL_SCANS_RULES, default="rated-latest",
+                       help="which scan of a visit with several to convert: the rated one, else the latest "
+                            "(default); the latest; the earliest. The others are listed in the report")
+        p.add_argument("--lps", action="store_true", help="rating coordinates are DICOM LPS (default scanner RAS)")
+        p.set_defaults(run=_convert, archive=name)
+    p = kinds.add_parser("points", parents=[common], help="any folder of scans + a CSV of rated world coordinates",
+                         description="Convert every NIfTI file / DICOM series folder under SRC, with a rater's "
+                                     "points (image, x_mm, y_mm, z_mm[, diameter_mm, status]; image relative to SRC).")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("-o", "--outdir", required=True)
+    p.add_argument("--points", required=True, metavar="CSV", help="image, x_mm, y_mm, z_mm[, diameter_mm, status]; "
+                                                                   "empty coordinates = read as clean")
+    p.add_argument("--lps", action="store_true", help="coordinates are DICOM LPS (default scanner RAS as nibabel)")
+    p.add_argument("--unlisted-clean", action="store_true", help="an image without a row was read as clean "
+                                                                 "(default: unrated)")
+    p.set_defaults(run=_convert, archive="points")
+
+
+def _convert(args) -> int:
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    if args.archive == "points":
+        from cmbdet.datasets.points import convert_points
+
+        result = convert_points(args.src, args.outdir, args.points, lps=args.lps,
+                                unlisted_clean=args.unlisted_clean, progress=progress)
+    else:
+        from cmbdet.datasets.adni import convert_adni
+        from cmbdet.datasets.aibl import convert_aibl
+
+        run = convert_adni if args.archive == "adni" else convert_aibl
+        result = run(args.src, args.outdir, ratings=args.ratings, lps=args.lps, series_pattern=args.series,
+                     several=args.several_scans, progress=progress)
+    rated = sum(r["n_cmb"] != "" for r in result.manifest)
+    print(f"converted {result.count('converted')} scan(s) ({rated} rated), skipped {result.count('skipped')}, "
+          f"failed {result.count('error')}, unmatched ratings {result.count('unmatched')}; wrote "
+          f"{result.files['manifest']}" + (f", {result.files['truth']}" if "truth" in result.files else "")
+          + f" and {result.files['report']}", file=sys.stderr)
+    for row in result.report:
+        if row["status"] == "error":
+            print(f"cmbdet: error: {row['source']}: {row['reason']}", file=sys.stderr)
+    return 1 if result.count("error") else 0
+
+
 def _evaluate(args) -> int:
     from cmbdet.evaluate import evaluate, read_detections, read_truth, write_per_subject_csv
+
+    if args.counts:
+        return _evaluate_counts(args)
 
     result = evaluate(read_truth(args.truth), read_detections(args.detections),
                       score_threshold=args.score_threshold, min_distance_mm=args.min_distance_mm,
@@ -303,6 +375,22 @@ def _training_output(args):
 
         return (lambda line: tqdm.write(line, file=sys.stderr)), True
     return (lambda line: print(line, file=sys.stderr, flush=True)), False
+
+
+def _evaluate_counts(args) -> int:
+    from cmbdet.agreement import count_agreement, read_predicted_counts, read_rated_counts
+
+    rated = read_rated_counts(args.truth)
+    if not rated:
+        raise InputError(args.truth, "no rated counts (n_cmb is empty for every scan)")
+    predicted, notes = read_predicted_counts(args.detections, args.score_threshold, subjects=list(rated))
+    result = count_agreement(rated, predicted)
+    result.warnings[:0] = notes
+    print(result.to_json() if args.json else result.summary_text())
+    if args.json:
+        for message in result.warnings:
+            print(f"cmbdet: warning: {message}", file=sys.stderr)
+    return 0
 
 
 def _train_proposer(args) -> int:

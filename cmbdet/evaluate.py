@@ -575,8 +575,11 @@ def evaluate(truth: TruthTable | Iterable[Mapping[str, Any]],
 def best_f1_threshold(truth: TruthTable | Iterable[Mapping[str, Any]],
                       detections: DetectionTable | Iterable[Mapping[str, Any]],
                       thresholds: Sequence[float] = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2)),
+                      *, min_sensitivity: float | None = None,
                       ) -> tuple[float, dict[str, Any]]:
-    """The score threshold (from ``thresholds``) with the highest pooled F1, and its pooled figures.
+    """The score threshold (from ``thresholds``) with the highest pooled F1, and its pooled figures;
+    with ``min_sensitivity``, among the thresholds whose sensitivity reaches it only (empty figures
+    when none does).
 
     Ties go to the lower threshold (higher sensitivity).
     """
@@ -584,6 +587,8 @@ def best_f1_threshold(truth: TruthTable | Iterable[Mapping[str, Any]],
     best_f1, best = -1.0, (float(thresholds[0]), {})
     for threshold in thresholds:
         pooled = evaluate(truth, detections, score_threshold=float(threshold)).pooled
+        if min_sensitivity is not None and not pooled["sensitivity"] >= min_sensitivity - 1e-9:
+            continue
         f1 = 0.0 if math.isnan(pooled["f1"]) else pooled["f1"]
         if f1 > best_f1:
             best_f1, best = f1, (float(threshold), pooled)

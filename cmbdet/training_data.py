@@ -5,8 +5,10 @@
   extension); ``truth.csv`` beside them holds the CMBs (format of ``cmbdet evaluate``: subject,
   x_mm, y_mm, z_mm, diameter_mm, region; a CMB-free subject has one row with empty coordinates);
   ``mimics.csv`` (optional: subject, x_mm, y_mm, z_mm, kind) lists known mimics used as hard negatives.
-* A manifest ``.csv`` with columns ``subject, image`` (image paths absolute or relative to the
-  manifest's folder); the truth is ``--truth`` or ``truth.csv`` beside the manifest.
+* A manifest ``.csv`` with columns ``subject`` and ``image`` or ``path`` (image paths absolute or
+  relative to the manifest's folder; ``cmbdet convert`` writes ``path``) and optionally ``session``:
+  the scan's id is then ``<subject>_<session>`` (`scan_id`), as ``detect`` names a manifest's scans;
+  the truth is ``--truth`` or ``truth.csv`` beside the manifest.
 
 Only subjects that appear in the truth are used: a scan without a truth row has unknown labels.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmbdet.batch import subject_id
+from cmbdet.batch import scan_id, subject_id  # noqa: F401 (scan_id: part of this module's API)
 from cmbdet.errors import InputError
 from cmbdet.evaluate import read_truth
 
@@ -105,12 +107,17 @@ def describe_sources(sources: Sequence[str | Path], scans: Sequence[LabelledScan
 def _read_manifest(path: Path) -> dict[str, Path]:
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"subject", "image"} <= set(reader.fieldnames):
-            raise InputError(path, "a manifest needs the columns subject, image")
+        columns = set(reader.fieldnames or [])
+        column = "image" if "image" in columns else "path"
+        if "subject" not in columns or column not in columns:
+            raise InputError(path, "a manifest needs the columns subject and image (or path)")
         out = {}
         for row in reader:
-            image = Path(row["image"])
-            out[row["subject"]] = image if image.is_absolute() else path.parent / image
+            if not row[column]:
+                continue
+            image = Path(row[column])
+            out[scan_id(row["subject"], row.get("session") or "")] = image if image.is_absolute() else \
+                path.parent / image
     return out
 
 

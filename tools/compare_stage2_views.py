@@ -56,10 +56,32 @@ def _stage2_filter_figures(reclassifier, mined) -> dict:
             "candidate_tp": tp_total, "candidate_fp": fp_total}
 
 
+def _mined_layouts(scan, proposer, rng, layouts, slab_mm, cache: Path) -> dict:
+    """Stage-1 mining of one scan, patches of every layout; cached in ``cache`` (one .npz per scan)."""
+    from cmbdet.reclassifier.train import MinedScan, mine_points
+
+    path = cache / f"{scan.subject}.npz"
+    if path.exists():
+        stored = np.load(path, allow_pickle=False)
+        if all(f"{layout}_patches" in stored for layout in layouts):
+            rows = json.loads(str(stored["rows"]))
+            return {layout: MinedScan(scan.subject, stored[f"{layout}_patches"], stored["is_cmb"],
+                                      stored[f"{layout}_candidates"], rows["candidates"], rows["truth"])
+                    for layout in layouts}
+    points = mine_points(scan, proposer, rng)
+    out = {layout: points.patches(layout=layout, slab_mm=slab_mm) for layout in layouts}
+    first = next(iter(out.values()))
+    arrays = {f"{layout}_patches": m.patches for layout, m in out.items()}
+    arrays |= {f"{layout}_candidates": m.candidate_patches for layout, m in out.items()}
+    rows = json.dumps({"candidates": first.candidate_rows, "truth": first.truth_rows})
+    np.savez_compressed(path, is_cmb=first.is_cmb, rows=np.array(rows), **arrays)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", nargs="+", required=True)
-    parser.add_argument("--val", nargs="+", required=True)
+    parser.add_argument("--val", nargs="*", default=[], help="validation family folder(s) (needed unless --mine-only)")
     parser.add_argument("--proposer", help="stage-1 weights (default: shipped)")
     parser.add_argument("--layouts", nargs="+", default=["planes", "mips", "mixed"])
     parser.add_argument("--slab-mm", type=float, default=10.0)
@@ -67,10 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", required=True)
+    parser.add_argument("--mine-only", action="store_true", help="mine and cache the scans, train nothing")
+    parser.add_argument("--cache", help="folder of mined scans to reuse (default WORKDIR/mined); the proposer "
+                                        "must be the same as when they were mined")
     args = parser.parse_args(argv)
 
     from cmbdet.proposer.infer import load_proposer
-    from cmbdet.reclassifier.train import fit_reclassifier, mine_points
+    from cmbdet.reclassifier.train import fit_reclassifier
     from cmbdet.training_data import describe_sources, read_labelled_set
 
     work = Path(args.workdir)
@@ -78,16 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     proposer = load_proposer(args.proposer)
     train = [s for d in args.train for s in read_labelled_set(d)]
     val = [s for d in args.val for s in read_labelled_set(d)]
-    rng = np.random.default_rng(args.seed)
     mined: dict[str, dict[str, list]] = {layout: {"train": [], "val": []} for layout in args.layouts}
     started = time.perf_counter()
+    cache = Path(args.cache) if args.cache else work / "mined"
+    cache.mkdir(parents=True, exist_ok=True)
     for n, (split, scan) in enumerate([("train", s) for s in train] + [("val", s) for s in val], start=1):
-        points = mine_points(scan, proposer, rng)
-        for layout in args.layouts:
-            mined[layout][split].append(points.patches(layout=layout, slab_mm=args.slab_mm))
-        del points
+        for layout, one in _mined_layouts(scan, proposer, np.random.default_rng([args.seed, n]), args.layouts,
+                                          args.slab_mm, cache).items():
+            mined[layout][split].append(one)
         if n % 10 == 0:
             print(f"mined {n}/{len(train) + len(val)} scans ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    if args.mine_only:
+        return 0
+    if not val:
+        parser.error("--val is needed to compare layouts")
     rows = []
     for layout in args.layouts:
         t0 = time.perf_counter()

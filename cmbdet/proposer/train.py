@@ -202,7 +202,8 @@ def train_proposer(
     net.eval()
     # Fine-tuning keeps a record of the earlier training rounds.
     history = [] if init is None else [*init.metadata.get("history", []), {
-        k: init.metadata.get(k) for k in ("steps", "lr", "train_subjects", "train_seconds", "seed", "data")}]
+        k: init.metadata.get(k) for k in ("steps", "lr", "train_subjects", "train_seconds", "seed", "training_data")
+        if k in init.metadata}]
     proposer.metadata.update(steps=steps, batch_size=batch_size, patch=patch, lr=lr, train_subjects=len(scans),
                              train_seconds=round(time.time() - started), history=history)
     return proposer

@@ -43,7 +43,7 @@ def extract_patches(
     if layout not in LAYOUTS:
         raise ValueError(f"unknown patch layout {layout!r}; one of {sorted(LAYOUTS)}")
     views = sample_views(volume, xyz_mm, LAYOUTS[layout], fov_mm=fov_mm, size=size, slab_mm=slab_mm)
-    return _to_uint8(views)
+    return _to_uint8(views) if len(views) else views.astype(np.uint8)
 
 
 def _to_uint8(stack: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from cmbdet.detections import Detections
-from cmbdet.evaluate import best_f1_threshold, match_detections
+from cmbdet.evaluate import best_f1_threshold, evaluate, match_detections
 from cmbdet.proposer.infer import Proposer, propose_candidates
 from cmbdet.reclassifier.infer import CLASS_NAMES, Reclassifier, cmb_probability, final_score
 from cmbdet.reclassifier.patches import FOV_MM, PATCH_PIXELS, SLAB_MM, extract_patches
@@ -149,23 +149,37 @@ def write_patch_dataset(mined: list[MinedScan], folder: Path, split: str, rng: n
 STAGE1_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
-def choose_operating_point(reclassifier: Reclassifier, mined: list[MinedScan]) -> tuple[float, float, dict]:
-    """(stage-1 weight, threshold, pooled figures) with the best lesion-level F1 on these scans, end to
-    end; ties go to the smaller stage-1 weight."""
+#: Score thresholds tried when choosing the operating point.
+THRESHOLDS = tuple(np.round(np.arange(0.025, 0.976, 0.025), 3))
+
+
+def choose_operating_point(reclassifier: Reclassifier, mined: list[MinedScan], *,
+                           max_sensitivity_loss: float | None = 0.02) -> tuple[float, float, dict]:
+    """(stage-1 weight, threshold, pooled figures) end to end on these scans: the best lesion-level F1
+    among the points where stage 2 loses at most ``max_sensitivity_loss`` of the sensitivity of all
+    the stage-1 candidates it receives (its job is to drop mimics, not microbleeds); the best F1
+    overall when no point keeps that (or with ``None``). Ties go to the smaller stage-1 weight."""
     truth = [row for m in mined for row in m.truth_rows]
     stage2 = [cmb_probability(reclassifier, m.candidate_patches) for m in mined]
-    best = (-1.0, 0.0, 0.5, {})
-    for weight in STAGE1_WEIGHTS:
-        detections = []
-        for m, scores in zip(mined, stage2, strict=True):
-            stage1 = np.array([row["score"] for row in m.candidate_rows], dtype=float)
-            fused = final_score(stage1, scores, weight)
-            detections += [dict(row, score=float(f)) for row, f in zip(m.candidate_rows, fused, strict=True)]
-        threshold, pooled = best_f1_threshold(truth, detections)
-        f1 = pooled.get("f1", float("nan"))
-        if not math.isnan(f1) and f1 > best[0]:
-            best = (f1, weight, threshold, pooled)
-    return best[1], best[2], best[3]
+    every = [dict(row) for m in mined for row in m.candidate_rows]
+    recall = evaluate(truth, every).pooled["sensitivity"] if every else float("nan")
+    floors = [None] if max_sensitivity_loss is None or math.isnan(recall) else [recall - max_sensitivity_loss, None]
+    for floor in floors:
+        best = (-1.0, 0.0, 0.5, {})
+        for weight in STAGE1_WEIGHTS:
+            detections = []
+            for m, scores in zip(mined, stage2, strict=True):
+                stage1 = np.array([row["score"] for row in m.candidate_rows], dtype=float)
+                fused = final_score(stage1, scores, weight)
+                detections += [dict(row, score=float(f)) for row, f in zip(m.candidate_rows, fused, strict=True)]
+            threshold, pooled = best_f1_threshold(truth, detections, THRESHOLDS, min_sensitivity=floor)
+            f1 = pooled.get("f1", float("nan"))
+            if not math.isnan(f1) and f1 > best[0]:
+                best = (f1, weight, threshold, pooled)
+        if best[0] >= 0:
+            rule = "best F1" if floor is None else f"best F1 losing <= {max_sensitivity_loss:g} of candidate recall"
+            return best[1], best[2], dict(best[3], rule=rule, candidate_recall=recall)
+    return 0.0, 0.5, {}
 
 
 def train_reclassifier(
@@ -216,7 +230,8 @@ def fit_reclassifier(
         epochs=epochs, train_scans=len(mined_train), val_scans=len(mined_val), train_patches=train_counts,
         val_threshold=threshold, val_stage1_weight=weight, val_sensitivity=pooled.get("sensitivity"),
         val_precision=pooled.get("precision"), val_f1=pooled.get("f1"),
-        val_fp_per_subject=pooled.get("fp_per_subject"),
+        val_fp_per_subject=pooled.get("fp_per_subject"), operating_point_rule=pooled.get("rule"),
+        val_candidate_recall=pooled.get("candidate_recall"),
     )
     log(f"stage-1 weight {weight:.1f}, threshold {threshold:.2f}: validation sensitivity "
         f"{pooled.get('sensitivity', float('nan')):.3f} precision {pooled.get('precision', float('nan')):.3f} "

@@ -1,0 +1,166 @@
+"""Any folder of scans plus a rater's CSV of world coordinates, into the same BIDS tree + manifest.
+
+The CSV has ``image`` (a NIfTI file or a DICOM series folder, relative to SRC), ``x_mm, y_mm, z_mm``
+(scanner RAS as nibabel reports it, or DICOM LPS with ``lps``), optionally ``diameter_mm`` and
+``status`` (definite/possible; none = definite). A row with empty coordinates marks an image read as
+clean. Every image under SRC is converted; one without a row is unrated, or clean with
+``unlisted_clean``. BIDS names come from the file's own ``sub-``/``ses-`` entities when it has them,
+else from its path (letters and digits: ``site A/patient 01.nii.gz`` -> ``sub-siteApatient01``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cmbdet.datasets.bids import (
+    bids_label,
+    check_folders,
+    fingerprint,
+    image_relpath,
+    points_outside,
+    write_dataset_description,
+    write_image,
+)
+from cmbdet.datasets.dicom import DicomSeries, looks_like_dicom, read_dicom_folder
+from cmbdet.datasets.manifest import (
+    UNRATED_COUNTS,
+    ConversionResult,
+    Microbleed,
+    Rated,
+    status_of,
+    truth_rows,
+    write_outputs,
+)
+from cmbdet.datasets.series import modality_of
+from cmbdet.errors import InputError
+from cmbdet.training_data import subject_from_filename
+
+
+def read_points(path: str | Path, *, lps: bool = False) -> dict[str, Rated]:
+    """Rated images (key: ``image`` as written, ``/``-separated) from a points CSV (module docstring)."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = [h.strip() for h in reader.fieldnames or []]
+            if "image" not in header:
+                raise InputError(path, f"a points CSV needs an image column (found: {', '.join(header) or 'none'})")
+            rows = [(reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if k}) for row in reader]
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(path, f"not a readable CSV file ({err})") from None
+    rated: dict[str, Rated] = {}
+    for line, row in rows:
+        if not row.get("image"):
+            continue
+        entry = rated.setdefault(Path(row["image"]).as_posix(), Rated())
+        values = [row.get(c, "") for c in ("x_mm", "y_mm", "z_mm")]
+        if not any(values):
+            continue
+        try:
+            x, y, z = (float(v) for v in values)
+            diameter = float(row["diameter_mm"]) if row.get("diameter_mm") else None
+        except ValueError:
+            raise InputError(path, f"line {line}: coordinates must be three numbers (got {values})") from None
+        if not all(math.isfinite(v) for v in (x, y, z)):
+            raise InputError(path, f"line {line}: coordinates must be finite")
+        entry.microbleeds.append(Microbleed(status=status_of(row.get("status", "")),
+                                            xyz_mm=(-x, -y, z) if lps else (x, y, z), diameter_mm=diameter))
+    return rated
+
+
+def find_images(src: Path, report: list[dict]) -> dict[str, Path | DicomSeries]:
+    """NIfTI files and DICOM series folders under ``src``, keyed by their path relative to it."""
+    found: dict[str, Path | DicomSeries] = {}
+    for folder, _dirs, names in sorted(os.walk(src)):
+        paths = [Path(folder) / n for n in sorted(names) if not n.startswith(".")]
+        for path in paths:
+            if path.name.lower().endswith((".nii", ".nii.gz")):
+                found[path.relative_to(src).as_posix()] = path
+        dicoms = [p for p in paths if looks_like_dicom(p)]
+        if not dicoms:
+            continue
+        rel = Path(folder).relative_to(src).as_posix()
+        scan = read_dicom_folder(dicoms)
+        for path, why in scan.corrupt:
+            report.append({"source": path.relative_to(src).as_posix(), "kind": "dicom-file", "status": "skipped",
+                           "reason": f"corrupt DICOM file left out: {why}"})
+        if len(scan.series) > 1:
+            report.append({"source": rel, "kind": "dicom", "status": "skipped",
+                           "reason": f"{len(scan.series)} DICOM series in one folder; put each in its own folder"})
+        elif scan.series:
+            found[rel] = scan.series[0]
+    return found
+
+
+def _names(rel: str) -> tuple[str, str, str]:
+    """(participant label, session label, modality) for an image path relative to SRC."""
+    name = Path(rel).name
+    modality = modality_of(name)
+    bids = subject_from_filename(name)
+    if bids.startswith("sub-"):
+        entities = dict(part.split("-", 1) for part in bids.split("_"))
+        return bids_label(entities["sub"]), bids_label(entities.get("ses", "")), modality
+    stem = rel[: -len(".nii.gz")] if rel.lower().endswith(".nii.gz") else rel.rsplit(".", 1)[0] if \
+        rel.lower().endswith(".nii") else rel
+    return bids_label(stem), "", modality
+
+
+def convert_points(src: str | Path, out: str | Path, points: str | Path, *, lps: bool = False,
+                   unlisted_clean: bool = False, progress=None) -> ConversionResult:
+    """Convert every image under ``src`` and its rated points (module docstring) into ``out``."""
+    src, out = Path(src), Path(out)
+    check_folders(src, out)
+    rated_by_image = read_points(points, lps=lps)
+    report: list[dict] = []
+    images = find_images(src, report)
+    for name in sorted(set(rated_by_image) - set(images)):
+        report.append({"source": str(points), "kind": "rating", "status": "unmatched",
+                       "reason": f"points for {name}: no such image under SRC"})
+    manifest: list[dict] = []
+    truth: list[dict] = []
+    taken: dict[str, str] = {}
+    for n, (rel, image) in enumerate(sorted(images.items()), start=1):
+        participant, session, modality = _names(rel)
+        out_rel = image_relpath(participant, session, modality)
+        subject = subject_from_filename(out_rel)
+        kind = "dicom" if isinstance(image, DicomSeries) else "nifti"
+        row = {"source": rel, "kind": kind, "subject": subject}
+        if not participant or subject in taken:
+            why = "no letters or digits in the name" if not participant else f"same BIDS name as {taken[subject]}"
+            report.append({**row, "status": "error", "reason": why})
+            continue
+        taken[subject] = rel
+        if progress:
+            progress(f"[{n}/{len(images)}] {rel} -> {out_rel}")
+        files = image.files if isinstance(image, DicomSeries) else [image]
+        try:
+            written = write_image(out / out_rel, source_rel=rel, source_sha256=fingerprint(files, src),
+                                  nifti=None if kind == "dicom" else image, dicom=image if kind == "dicom" else None)
+        except InputError as err:
+            report.append({**row, "status": "error", "reason": str(err)})
+            continue
+        rated = rated_by_image.get(rel, Rated() if unlisted_clean else None)
+        notes = list(written.notes)
+        if rated is not None:
+            truth.extend(truth_rows(subject, rated))
+            outside = points_outside(out / out_rel, np.array([m.xyz_mm for m in rated.microbleeds]).reshape(-1, 3))
+            if outside:
+                notes.append(f"{outside} rated point(s) outside the image (LPS coordinates? see --lps)")
+        manifest.append({
+            "subject": f"sub-{participant}",
+            "session": f"ses-{session}" if session else "", "image_id": "", "path": out_rel.as_posix(),
+            "modality": modality, **(rated.count_columns() if rated is not None else UNRATED_COUNTS),
+            "in_truth": int(rated is not None), "format": kind, "source": rel,
+        })
+        report.append({**row, "status": "converted", "reason": "; ".join(notes), "output": out_rel.as_posix()})
+    write_dataset_description(out, "scans with rated points (cmbdet convert points)")
+    truth.sort(key=lambda r: r["subject"])
+    files = write_outputs(out, manifest, report, truth)
+    return ConversionResult(manifest=manifest, report=report, files=files)

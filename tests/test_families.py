@@ -1,0 +1,77 @@
+"""Phantom families and domain randomization: roles, determinism, ablation switches, what a set says
+about itself; and the stage-2 patch layouts that let a vein show as a line."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cmbdet.cli import main
+from cmbdet.phantom.families import FAMILIES, subject_maker
+from cmbdet.phantom.generate import make_subject
+from cmbdet.phantom.randomize import INGREDIENTS, Randomization
+from cmbdet.reclassifier.patches import extract_patches
+from cmbdet.volume import volume_from_image
+
+
+def test_roles_cover_training_validation_and_test():
+    roles = {f.role for f in FAMILIES.values()}
+    assert roles == {"training", "validation", "test"}
+    assert [f.name for f in FAMILIES.values() if f.role == "test"] == ["gamma"]
+
+
+def test_randomized_family_is_deterministic_and_differs_from_classic():
+    make = subject_maker("randomized")
+    a = make(np.random.default_rng([3, 0]), subject="a", tiny=True)
+    b = make(np.random.default_rng([3, 0]), subject="a", tiny=True)
+    np.testing.assert_array_equal(np.asarray(a.image.dataobj), np.asarray(b.image.dataobj))
+    classic = make_subject(np.random.default_rng([3, 0]), subject="a", tiny=True)
+    assert classic.image.shape != a.image.shape or not np.allclose(np.asarray(classic.image.dataobj),
+                                                                   np.asarray(a.image.dataobj))
+
+
+def test_without_switches_ingredients_off_and_rejects_unknown_names():
+    assert Randomization.without(["vessels", "noise"]) == Randomization(vessels=False, noise=False)
+    assert not any(vars(Randomization.without(list(INGREDIENTS))).values())
+    with pytest.raises(ValueError, match="unknown randomization ingredient"):
+        Randomization.without(["colour"])
+
+
+def test_phantom_cli_writes_family_description(tmp_path):
+    assert main(["phantom", "-o", str(tmp_path / "set"), "-n", "2", "--seed", "4", "--tiny", "--no-montage",
+                 "--family", "randomized", "--without", "swi_mask"]) == 0
+    description = json.loads((tmp_path / "set" / "dataset.json").read_text())
+    assert description["family"] == "randomized" and description["role"] == "training"
+    assert description["seed"] == 4 and description["n_scans"] == 2 and description["without"] == ["swi_mask"]
+    assert sorted(p.name for p in (tmp_path / "set").glob("*.nii.gz")) == ["randomized4_0000.nii.gz",
+                                                                         "randomized4_0001.nii.gz"]
+    assert main(["phantom", "-o", str(tmp_path / "bad"), "--family", "nope"]) == 2
+    assert main(["phantom", "-o", str(tmp_path / "bad"), "--family", "gamma", "--without", "noise"]) == 2
+
+
+def _vein_volume() -> nib.Nifti1Image:
+    """Uniform tissue with one thin vein crossing the axial plane obliquely (45 degrees), 0.5 mm grid."""
+    shape = (80, 80, 80)
+    affine = np.diag([0.5, 0.5, 0.5, 1.0])
+    affine[:3, 3] = -20.0
+    xyz = nib.affines.apply_affine(affine, np.indices(shape).reshape(3, -1).T)
+    direction = np.array([1.0, 0.0, 1.0]) / np.sqrt(2)
+    along = xyz @ direction
+    distance = np.linalg.norm(xyz - along[:, None] * direction, axis=1)
+    data = np.where(distance < 0.6, 20.0, 100.0).reshape(shape).astype(np.float32)
+    return nib.Nifti1Image(data, affine)
+
+
+def test_axial_mip_turns_an_oblique_vein_dot_into_a_line():
+    volume = volume_from_image(_vein_volume())
+    planes = extract_patches(volume, [[0.0, 0.0, 0.0]], layout="planes")[0]
+    mips = extract_patches(volume, [[0.0, 0.0, 0.0]], layout="mips", slab_mm=10.0)[0]
+    dark_plane = planes[..., 0] < 60  # axial plane: the vein's cross-section, a short dot
+    dark_mip = mips[..., 0] < 60  # axial mIP over 10 mm: the vein's course, a line
+    assert dark_plane.sum() > 0
+    assert dark_mip.sum() >= 4 * dark_plane.sum()
+    cols = np.flatnonzero(dark_mip.any(axis=0))
+    assert cols.max() - cols.min() >= 0.7 * 64 * 10 / 32  # ~10 mm across the slab, in 0.5 mm pixels
