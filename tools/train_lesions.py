@@ -1,7 +1,7 @@
 """Train the CT lesion network on phantom folders and store it with its operating point.
 
     python tools/train_lesions.py --data DIR [DIR ...] -o weights/lesions_ct.safetensors \
-        [--steps 700] [--val-fraction 0.1] [--seed 0] [--cache DIR]
+        [--steps 600] [--spacing-mm 2] [--val-fraction 0.1] [--seed 0] [--cache DIR]
 
 Folders hold ``*_ct.nii.gz`` with ``*_desc-truth_dseg.nii.gz`` beside them (`cmbdet phantom --kind ct`).
 A fraction of the scans is held out; the probability threshold with the best working-grid Dice on
@@ -24,10 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", required=True)
     parser.add_argument("-o", "--output", required=True)
-    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--patch", type=int, default=40)
+    parser.add_argument("--patch", type=int, default=32)
     parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--spacing-mm", type=float, default=2.0, help="working grid of the network (mm)")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--max-scans", type=int, default=0, help="use at most this many scans (0: all)")
     parser.add_argument("--seed", type=int, default=0)
@@ -45,10 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     train_pairs = [pairs[i] for i in order[n_val:]]
     cache = Path(args.cache) if args.cache else None
     print(f"preparing {len(train_pairs)} training and {len(val_pairs)} validation scans", file=sys.stderr)
-    train = [prepare_ct_scan(a, b, cache=cache) for a, b in train_pairs]
-    val = [prepare_ct_scan(a, b, cache=cache) for a, b in val_pairs]
+    train = [prepare_ct_scan(a, b, args.spacing_mm, cache=cache) for a, b in train_pairs]
+    val = [prepare_ct_scan(a, b, args.spacing_mm, cache=cache) for a, b in val_pairs]
     model = train_lesion_model(train, rng, steps=args.steps, batch_size=args.batch_size, patch=args.patch,
-                               width=args.width, log=lambda line: print(line, file=sys.stderr, flush=True))
+                               width=args.width, spacing_mm=args.spacing_mm,
+                               log=lambda line: print(line, file=sys.stderr, flush=True))
     dice = working_dice(model, val)
     best = max(dice, key=dice.get)
     print("validation Dice (working grid) by threshold: " + ", ".join(f"{t:g}: {d:.3f}" for t, d in dice.items()))

@@ -34,7 +34,7 @@ AIR_BELOW_HU = -100.0
 #: Fraction of voxels below `AIR_BELOW_HU` for ``--modality auto`` to call an image CT.
 AUTO_CT_AIR_FRACTION = 0.02
 #: Working grid of the lesion model (mm, isotropic).
-DEFAULT_SPACING_MM = 1.5
+DEFAULT_SPACING_MM = 2.0
 BONE_HU = 300.0
 
 

@@ -111,8 +111,8 @@ def abc_over_2_ml(mask: np.ndarray, spacing_mm: np.ndarray) -> float:
     """ABC/2 (Kothari) in mL of a (I, J, K) bool mask on a canonical grid (k ~ superior).
 
     A: longest diameter on the slice with the largest area; B: the longest diameter perpendicular
-    to A on that slice; C: slices counted 1 when their area is >= 75 % of the largest, 0.5 when
-    25-75 %, times the slice spacing.
+    to A on that slice; C: the number of slices the lesion appears on times the slice spacing (its
+    superior-inferior extent). Exact for an ellipsoid up to voxelization (pi/6 ~ 1/2).
     """
     areas = mask.sum(axis=(0, 1))
     if areas.max() == 0:
@@ -120,9 +120,7 @@ def abc_over_2_ml(mask: np.ndarray, spacing_mm: np.ndarray) -> float:
     k = int(np.argmax(areas))
     points = np.argwhere(mask[:, :, k]) * spacing_mm[:2]
     a_len, b_len = _diameters(points, spacing_mm[:2])
-    ratio = areas / areas.max()
-    c_len = float((np.where(ratio >= 0.75, 1.0, 0.0) + np.where((ratio >= 0.25) & (ratio < 0.75), 0.5, 0.0)).sum())
-    c_len *= float(spacing_mm[2])
+    c_len = float((areas > 0).sum()) * float(spacing_mm[2])
     return a_len * b_len * c_len / 2.0 / 1000.0
 
 
