@@ -41,13 +41,15 @@ class LesionModel:
     spacing_mm: float = DEFAULT_SPACING_MM
     threshold: float = DEFAULT_THRESHOLD
     min_ml: float = DEFAULT_MIN_ML
+    refine_hu: bool = False  # CT: redraw margins from the density (`refine_with_density`)
+    max_dense_fraction: float = 1.0  # CT: drop lesions denser than blood (`drop_calcified`); 1 = off
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     metadata: dict = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
         meta = dict(self.metadata, kind="lesions", modality=self.modality, width=self.net.width,
                     in_channels=self.net.in_channels, spacing_mm=self.spacing_mm, threshold=self.threshold,
-                    min_ml=self.min_ml)
+                    min_ml=self.min_ml, refine_hu=self.refine_hu, max_dense_fraction=self.max_dense_fraction)
         return save_state(path, self.net.state_dict(), meta)
 
 
@@ -63,7 +65,9 @@ def load_lesion_model(path: str | Path | None = None, *, device: str | None = No
     net.to(dev).eval()
     return LesionModel(net=net, modality=str(meta.get("modality", "ct")), spacing_mm=float(meta["spacing_mm"]),
                        threshold=float(meta.get("threshold", DEFAULT_THRESHOLD)),
-                       min_ml=float(meta.get("min_ml", DEFAULT_MIN_ML)), device=dev, metadata=meta)
+                       min_ml=float(meta.get("min_ml", DEFAULT_MIN_ML)), refine_hu=bool(meta.get("refine_hu", False)),
+                       max_dense_fraction=float(meta.get("max_dense_fraction", 1.0)),
+                       device=dev, metadata=meta)
 
 
 def probability_map(channels: np.ndarray, mask: np.ndarray, model: LesionModel) -> np.ndarray:
@@ -102,8 +106,54 @@ def localize_lesions(volume: Volume, model: LesionModel) -> Lesions:
     work = ct_working_image(volume, model.spacing_mm)
     prob = probability_map(network_input(work.hu, work.mask), work.mask, model)
     prob *= ndimage.binary_dilation(work.mask, iterations=2)
-    return lesions_from_probability(volume, prob, work.affine, work.mask, threshold=model.threshold,
-                                    min_ml=model.min_ml)
+    lesions = lesions_from_probability(volume, prob, work.affine, work.mask, threshold=model.threshold,
+                                       min_ml=model.min_ml)
+    labels, scores = lesions.labels, lesions.score
+    if model.refine_hu and len(lesions):
+        labels = refine_with_density(volume.data, labels)
+    if model.max_dense_fraction < 1.0 and len(lesions):
+        labels, scores = drop_calcified(volume.data, labels, scores, model.max_dense_fraction)
+    if labels is not lesions.labels:
+        lesions = measure_lesions(volume, labels, scores, work.mask, work.affine)
+    return lesions
+
+
+def drop_calcified(hu: np.ndarray, labels: np.ndarray, scores: np.ndarray, max_fraction: float,
+                   dense_hu: float = 110.0) -> tuple[np.ndarray, np.ndarray]:
+    """Drop lesions of which more than ``max_fraction`` of the voxels are denser than blood
+    (> ``dense_hu``: calcified choroid plexus, pineal, basal ganglia; partial volume makes them look
+    like blood on thick slices); renumber the rest in order. Returns (labels, scores)."""
+    out = np.zeros_like(labels)
+    kept = []
+    for n, box in enumerate(ndimage.find_objects(labels.astype(np.int32)), start=1):
+        if box is None:
+            continue
+        mask = labels[box] == n
+        if float((hu[box][mask] > dense_hu).mean()) > max_fraction:
+            continue
+        kept.append(scores[n - 1])
+        out[box][mask] = len(kept)
+    return out, np.asarray(kept, float)
+
+
+def refine_with_density(hu: np.ndarray, labels: np.ndarray, *, low_hu: float = 45.0, high_hu: float = 100.0
+                        ) -> np.ndarray:
+    """Redraw each lesion's margin on the input grid from the density: the network's mask eroded by
+    one voxel (its core, hypodense swirls and holes included) plus the voxels within one voxel of it
+    whose in-plane-smoothed HU is blood (``low_hu``..``high_hu``). (I, J, K) int16 labels."""
+    out = np.zeros_like(labels)
+    for n, box in enumerate(ndimage.find_objects(labels.astype(np.int32)), start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in box)
+        mask = labels[box] == n
+        smooth = ndimage.gaussian_filter(hu[box], (0.7, 0.7, 0.0))
+        blood = (smooth >= low_hu) & (smooth <= high_hu)
+        grown = (ndimage.binary_dilation(mask) & blood) | ndimage.binary_erosion(mask)
+        grown = ndimage.binary_fill_holes(grown)
+        region = out[box]
+        region[grown & (region == 0)] = n
+    return out
 
 
 def classical_ct_lesions(volume: Volume, *, work: CTWorkingImage | None = None, low_hu: float = 50.0,

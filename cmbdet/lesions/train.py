@@ -31,13 +31,18 @@ from cmbdet.weights import pick_device
 
 @dataclass
 class PreparedScan:
-    """One scan on the working grid: ``hu`` (I, J, K) float32, ``mask`` bool brain, ``blood``
-    float32 truth fraction in [0, 1], cropped to the brain box."""
+    """One scan on the working grid, cropped to the brain box: ``hu`` (I, J, K) float32 for CT or
+    ``channels`` (C, I, J, K) float32 for MRI (`cmbdet.lesions.mri.CHANNELS`), ``mask`` bool brain,
+    ``blood`` float32 truth fraction in [0, 1]."""
 
     name: str
-    hu: np.ndarray
+    hu: np.ndarray | None
     mask: np.ndarray
     blood: np.ndarray
+    channels: np.ndarray | None = None
+
+    def network_input(self) -> np.ndarray:
+        return network_input(self.hu, self.mask) if self.channels is None else self.channels
 
 
 def ct_training_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
@@ -77,6 +82,64 @@ def prepare_ct_scan(image: Path, truth: Path, spacing_mm: float = DEFAULT_SPACIN
     return scan
 
 
+def mri_training_groups(folder: str | Path) -> list[tuple[dict[str, Path], Path]]:
+    """(sequence files, truth label map) per subject in an MRI phantom folder."""
+    from cmbdet.lesions.mri import group_mri_files
+
+    folder = Path(folder)
+    files = [p for p in sorted(folder.glob("*.nii.gz")) if "desc-truth" not in p.name]
+    out = []
+    for group in group_mri_files(files):
+        truth = folder / f"{group.subject}_desc-truth_dseg.nii.gz"
+        if truth.exists() and not group.error:
+            out.append((group.files, truth))
+    return out
+
+
+def prepare_mri_scan(files: dict[str, Path], truth: Path, spacing_mm: float = DEFAULT_SPACING_MM,
+                     cache: Path | None = None) -> PreparedScan:
+    """Read one subject's sequences onto the reference and working grids, with its truth (cached)."""
+    from cmbdet.lesions.mri import load_sequence_set, mri_working
+
+    name = truth.name.replace("_desc-truth_dseg.nii.gz", "")
+    if cache is not None:
+        cached = cache / f"{name}_mri_{spacing_mm:g}.npz"
+        if cached.exists():
+            z = np.load(cached)
+            return PreparedScan(name, None, z["mask"], z["blood"].astype(np.float32),
+                                z["channels"].astype(np.float32))
+    seqs = load_sequence_set(files)
+    channels, mask, _ = mri_working(seqs, spacing_mm)
+    labels = np.asarray(nib.load(str(truth)).dataobj)
+    canonical = apply_orientation(labels > 0, seqs.reference.source.ornt).astype(np.float32)
+    blood, _ = resample_to_spacing(canonical, seqs.reference.affine, spacing_mm)
+    blood = np.clip(blood, 0.0, 1.0)
+    nz = np.nonzero(mask | (blood > 0.5))
+    box = tuple(slice(max(int(a.min()) - 6, 0), int(a.max()) + 7) for a in nz) if len(nz[0]) else \
+        tuple(slice(0, s) for s in mask.shape)
+    scan = PreparedScan(name, None, mask[box], blood[box], channels[(slice(None), *box)])
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(cached, channels=scan.channels.astype(np.float16), mask=scan.mask,
+                            blood=scan.blood.astype(np.float16))
+    return scan
+
+
+def _augment_mri(rng: np.random.Generator, channels: np.ndarray) -> np.ndarray:
+    """What a site changes on MRI: per-sequence contrast (gain, gamma), noise, missing sequences."""
+    out = channels.copy()
+    present = [c for c in range(out.shape[0] - 1) if out[c].any()]
+    for c in present:
+        out[c] = np.clip(out[c], 0.0, None) ** rng.uniform(0.8, 1.25) * rng.uniform(0.85, 1.15)
+        if rng.random() < 0.5:
+            out[c] += rng.normal(0.0, rng.uniform(0.01, 0.06), out[c].shape).astype(np.float32)
+    droppable = [c for c in present if c != 0]
+    for c in droppable:
+        if rng.random() < 0.25 and len([p for p in present if out[p].any()]) > 1:
+            out[c] = 0.0
+    return out.astype(np.float32)
+
+
 def _augment(rng: np.random.Generator, hu: np.ndarray) -> np.ndarray:
     """What a site changes: HU gain/offset, kernel (blur or sharpen), noise."""
     hu = hu * rng.uniform(0.96, 1.04) + rng.uniform(-7.0, 7.0)
@@ -100,6 +163,8 @@ def _patch(rng: np.random.Generator, scan: PreparedScan, size: int, p_lesion: fl
         mask = np.pad(mask, widths)
         blood = np.pad(blood, widths)
         shape = np.array(hu.shape)
+    if scan.channels is not None:
+        return _patch_mri(rng, scan, size, p_lesion)
     positive = np.argwhere(blood[::2, ::2, ::2] > 0.5) * 2
     if len(positive) and rng.random() < p_lesion:
         centre = positive[int(rng.integers(len(positive)))] + rng.integers(-size // 4, size // 4 + 1, 3)
@@ -115,14 +180,42 @@ def _patch(rng: np.random.Generator, scan: PreparedScan, size: int, p_lesion: fl
     return network_input(np.ascontiguousarray(x_hu), np.ascontiguousarray(x_mask)), np.ascontiguousarray(y)
 
 
+def _patch_mri(rng: np.random.Generator, scan: PreparedScan, size: int, p_lesion: float):
+    channels, mask, blood = scan.channels, scan.mask, scan.blood
+    pad = np.maximum(size - np.array(mask.shape), 0)
+    if pad.any():
+        widths = [(0, int(p)) for p in pad]
+        channels = np.pad(channels, [(0, 0), *widths])
+        mask, blood = np.pad(mask, widths), np.pad(blood, widths)
+    shape = np.array(mask.shape)
+    positive = np.argwhere(blood[::2, ::2, ::2] > 0.5) * 2
+    if len(positive) and rng.random() < p_lesion:
+        centre = positive[int(rng.integers(len(positive)))] + rng.integers(-size // 4, size // 4 + 1, 3)
+    else:
+        inside = np.argwhere(mask[::4, ::4, ::4]) * 4
+        centre = inside[int(rng.integers(len(inside)))] if len(inside) else shape // 2
+    lo = np.clip(centre - size // 2, 0, shape - size)
+    box = tuple(slice(int(a), int(a) + size) for a in lo)
+    x = _augment_mri(rng, channels[(slice(None), *box)])
+    y = blood[box]
+    if rng.random() < 0.5:
+        x, y = x[:, ::-1], y[::-1]
+    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
 def train_lesion_model(scans: list[PreparedScan], rng: np.random.Generator, *, steps: int = 1500,
                        batch_size: int = 4, patch: int = 48, width: int = 8, lr: float = 3e-3,
                        spacing_mm: float = DEFAULT_SPACING_MM, device: str | None = None,
-                       log: Callable[[str], None] = print) -> LesionModel:
-    """Train a CT lesion network from prepared scans (AdamW, one-cycle schedule)."""
+                       init: LesionModel | None = None, log: Callable[[str], None] = print) -> LesionModel:
+    """Train a lesion network (CT or MRI, from the scans) from prepared scans (AdamW, one-cycle);
+    ``init`` continues from earlier weights."""
     dev = pick_device(device)
     torch.manual_seed(int(rng.integers(2**31)))
-    net = LesionNet(3, width).to(dev)
+    modality = "ct" if scans[0].channels is None else "mri"
+    net = LesionNet(3 if modality == "ct" else scans[0].channels.shape[0], width).to(dev)
+    if init is not None:  # continue from earlier weights (same width and channels)
+        net = init.net.to(dev)
+        spacing_mm = init.spacing_mm
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     started = time.perf_counter()
@@ -146,8 +239,9 @@ def train_lesion_model(scans: list[PreparedScan], rng: np.random.Generator, *, s
         if step % 50 == 0 or step == steps:
             log(f"step {step}/{steps} loss {running:.4f} ({time.perf_counter() - started:.0f} s)")
     net.eval()
-    return LesionModel(net=net, modality="ct", spacing_mm=spacing_mm, device=dev,
-                       metadata={"steps": steps, "batch_size": batch_size, "patch": patch, "n_scans": len(scans)})
+    return LesionModel(net=net, modality=modality, spacing_mm=spacing_mm, device=dev,
+                       metadata={"steps": steps + (int(init.metadata.get("steps", 0)) if init is not None else 0),
+                                 "batch_size": batch_size, "patch": patch, "n_scans": len(scans)})
 
 
 def working_dice(model: LesionModel, scans: list[PreparedScan], thresholds=(0.3, 0.4, 0.5, 0.6, 0.7)) -> dict:
@@ -157,7 +251,7 @@ def working_dice(model: LesionModel, scans: list[PreparedScan], thresholds=(0.3,
     inter = {t: 0.0 for t in thresholds}
     total = {t: 0.0 for t in thresholds}
     for scan in scans:
-        prob = probability_map(network_input(scan.hu, scan.mask), scan.mask, model)
+        prob = probability_map(scan.network_input(), scan.mask, model)
         truth = scan.blood >= 0.5
         for t in thresholds:
             pred = prob >= t

@@ -231,9 +231,10 @@ _SUFFIX = {"swi": "swi", "T2starw": "T2starw", "T1w": "T1w", "ceT1w": "ce-gadoli
 
 
 def write_mri_set(outdir: str | Path, n: int, seed: int, *, site: str = "mri-s1", fast: bool = False,
-                  start: int = 0) -> Path:
+                  start: int = 0, balanced: bool = False) -> Path:
     """Write subjects as BIDS-named files ``sub-<site><seed>x<i>_ses-1_<suffix>.nii.gz`` plus the truth
-    map ``..._desc-truth_dseg.nii.gz`` (reference grid) and ``truth.csv``."""
+    map ``..._desc-truth_dseg.nii.gz`` (reference grid) and ``truth.csv``. ``balanced``: subject i is
+    ich, hbm, ich, hbm, lesion-free in turn (exactly 20 % lesion-free), else drawn (about 20 %)."""
     if site not in SITES:
         raise ValueError(f"unknown MRI site {site!r} (choose from {', '.join(SITES)})")
     out = Path(outdir)
@@ -242,7 +243,8 @@ def write_mri_set(outdir: str | Path, n: int, seed: int, *, site: str = "mri-s1"
     for i in range(start, start + int(n)):
         rng = np.random.default_rng([int(seed), i])
         subject = f"sub-{site.replace('-', '')}{seed}x{i:04d}"
-        ph = make_mri_subject(rng, subject=subject, site=site, fast=fast)
+        kind = ("ich", "hbm", "ich", "hbm", "none")[i % 5] if balanced else None
+        ph = make_mri_subject(rng, subject=subject, site=site, fast=fast, kind=kind)
         for name, image in ph.images.items():
             save_image_atomic(image, out / f"{subject}_ses-1_{_SUFFIX[name]}.nii.gz")
         save_image_atomic(ph.truth, out / f"{subject}_ses-1_desc-truth_dseg.nii.gz")
