@@ -144,3 +144,28 @@ def test_mri_grouping_by_entities_and_mixed_folder(tmp_path):
     assert set(by_subject["sub-02_ses-1"].files) == {"FLAIR"}
     assert "different subjects" in by_subject["sub-03"].error
     assert sequence_of("x_T2starw.nii.gz") == "T2starw" and sequence_of("x_dwi.nii.gz") is None
+
+
+def test_density_refinement_and_calcification_filter():
+    from cmbdet.lesions.infer import drop_calcified, refine_with_density
+
+    hu = np.full((30, 30, 10), 32.0)
+    hu[5:15, 5:15, 3:7] = 70.0  # blood, 10 x 10 voxels
+    hu[20:24, 20:24, 3:7] = 300.0  # a calcification
+    labels = np.zeros(hu.shape, np.int16)
+    labels[6:13, 6:13, 3:7] = 1  # the network's mask, a little too small
+    labels[20:24, 20:24, 3:7] = 2
+    refined = refine_with_density(hu, labels)
+    assert (refined == 1).sum() > (labels == 1).sum() and not ((refined == 1) & (hu < 45)).any()
+    kept, scores = drop_calcified(hu, refined, np.array([0.9, 0.8]), 0.1)
+    assert kept.max() == 1 and list(scores) == [0.9] and (kept == 1).sum() == (refined == 1).sum()
+
+
+def test_shipped_ct_weights():
+    from cmbdet.lesions.infer import load_lesion_model
+    from cmbdet.weights import SHIPPED_WEIGHTS_DIR
+
+    path = SHIPPED_WEIGHTS_DIR / "lesions_ct.safetensors"
+    assert path.stat().st_size < 20 * 2**20
+    model = load_lesion_model()
+    assert model.modality == "ct" and 0.0 < model.threshold < 1.0 and model.net.in_channels == 3

@@ -154,6 +154,8 @@ def _augment(rng: np.random.Generator, hu: np.ndarray) -> np.ndarray:
 
 
 def _patch(rng: np.random.Generator, scan: PreparedScan, size: int, p_lesion: float) -> tuple[np.ndarray, np.ndarray]:
+    if scan.channels is not None:
+        return _patch_mri(rng, scan, size, p_lesion)
     shape = np.array(scan.hu.shape)
     pad = np.maximum(size - shape, 0)
     hu, mask, blood = scan.hu, scan.mask, scan.blood
@@ -163,8 +165,6 @@ def _patch(rng: np.random.Generator, scan: PreparedScan, size: int, p_lesion: fl
         mask = np.pad(mask, widths)
         blood = np.pad(blood, widths)
         shape = np.array(hu.shape)
-    if scan.channels is not None:
-        return _patch_mri(rng, scan, size, p_lesion)
     positive = np.argwhere(blood[::2, ::2, ::2] > 0.5) * 2
     if len(positive) and rng.random() < p_lesion:
         centre = positive[int(rng.integers(len(positive)))] + rng.integers(-size // 4, size // 4 + 1, 3)
