@@ -107,9 +107,12 @@ def test_cli_mri_groups_and_refuses_mixed_subjects(tmp_path):
     mixed.mkdir()
     nib.save(nib.Nifti1Image(ellipsoid_head(swi), swi), str(mixed / "sub-03_swi.nii.gz"))
     nib.save(nib.Nifti1Image(ellipsoid_head(swi), swi), str(mixed / "sub-04_T1w.nii.gz"))
+    torch.manual_seed(0)
+    mri_weights = tmp_path / "lesions_mri.safetensors"
+    LesionModel(net=LesionNet(6, 4), modality="mri", threshold=0.5).save(mri_weights)
     out = tmp_path / "out"
     code = main(["lesions", str(folder / "sub-01_ses-1_swi.nii.gz"), str(folder / "sub-01_ses-1_T1w.nii.gz"),
-                 str(mixed), "-o", str(out), "--modality", "mri"])
+                 str(mixed), "-o", str(out), "--modality", "mri", "--mri-weights", str(mri_weights)])
     assert code == 1
     counts = {r["subject"]: r for r in _rows(out / "counts.csv")}
     assert counts["sub-01_ses-1"]["status"] == "ok"
@@ -118,4 +121,9 @@ def test_cli_mri_groups_and_refuses_mixed_subjects(tmp_path):
     labels = nib.load(str(out / "sub-01_ses-1" / "sub-01_ses-1_desc-hemorrhage_dseg.nii.gz"))
     assert labels.shape == (48, 56, 24) and np.allclose(labels.affine, swi)  # the SWI (reference) grid
     sidecar = json.loads((out / "sub-01_ses-1" / "sub-01_ses-1_desc-hemorrhage_dseg.json").read_text())
-    assert sidecar["reference"]["sequence"] == "swi"
+    assert sidecar["reference"]["sequence"] == "swi" and sidecar["method"] == "network"
+    # without MRI weights the classical peer runs, and the message says so
+    out2 = tmp_path / "out2"
+    assert main(["lesions", str(folder), "-o", str(out2), "--modality", "mri"]) == 0
+    row = _rows(out2 / "counts.csv")[0]
+    assert row["subject"] == "sub-01_ses-1" and "classical peer" in row["message"]
