@@ -169,3 +169,5 @@ def test_shipped_ct_weights():
     assert path.stat().st_size < 20 * 2**20
     model = load_lesion_model()
     assert model.modality == "ct" and 0.0 < model.threshold < 1.0 and model.net.in_channels == 3
+    mri = load_lesion_model(SHIPPED_WEIGHTS_DIR / "lesions_mri.safetensors")
+    assert mri.modality == "mri" and mri.net.in_channels == 6

@@ -122,8 +122,9 @@ def test_cli_mri_groups_and_refuses_mixed_subjects(tmp_path):
     assert labels.shape == (48, 56, 24) and np.allclose(labels.affine, swi)  # the SWI (reference) grid
     sidecar = json.loads((out / "sub-01_ses-1" / "sub-01_ses-1_desc-hemorrhage_dseg.json").read_text())
     assert sidecar["reference"]["sequence"] == "swi" and sidecar["method"] == "network"
-    # without MRI weights the classical peer runs, and the message says so
+    # a folder of loose BIDS files groups by entities; --classical runs the peer
     out2 = tmp_path / "out2"
-    assert main(["lesions", str(folder), "-o", str(out2), "--modality", "mri"]) == 0
-    row = _rows(out2 / "counts.csv")[0]
-    assert row["subject"] == "sub-01_ses-1" and "classical peer" in row["message"]
+    assert main(["lesions", str(folder), "-o", str(out2), "--modality", "mri", "--classical"]) == 0
+    assert [r["subject"] for r in _rows(out2 / "counts.csv")] == ["sub-01_ses-1"]
+    sidecar = json.loads((out2 / "sub-01_ses-1" / "sub-01_ses-1_desc-hemorrhage_dseg.json").read_text())
+    assert sidecar["method"] == "classical"
