@@ -115,8 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="coarse, fast volumes (for tests)")
     p.add_argument("--no-montage", action="store_true", help="skip the slice montages")
     p.add_argument("--family", default="classic",
-                   help="phantom family: classic, randomized (training), beta (validation), gamma (test); "
-                        "see the README's 'Phantom families'")
+                   help="phantom family: for --kind cmb classic, randomized (training), beta (validation), "
+                        "gamma (test), see the README's 'Phantom families'; for --kind ct ct-a (training), ct-b "
+                        "(held out); for --kind mri-hemorrhage a site of cmbdet.phantom.hemorrhage_mri")
     p.add_argument("--insert-into", metavar="SCAN",
                    help="instead of whole phantoms: -n copies of this real scan (3-D or multi-echo) with "
                         "--cmb-per-copy synthetic microbleeds each, plus one untouched copy, and truth.csv; "
@@ -125,7 +126,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--without", default="",
                    help="randomized family only: comma-separated randomization ingredients to switch off "
                         "(tissue, vessels, cmb_profile, noise, swi_mask), for ablations")
+    p.add_argument("--kind", choices=("cmb", "ct", "mri-hemorrhage"), default="cmb",
+                   help="cmb: SWI/GRE with microbleeds (default); ct: head CT in HU with hematomas; "
+                        "mri-hemorrhage: multi-sequence MRI with hematomas and hemorrhagic metastases")
+    p.add_argument("--pairs", action="store_true", help="ct: also write a follow-up scan with known growth")
     p.set_defaults(run=_phantom)
+
+    p = sub.add_parser("lesions", parents=[common], help="localize hemorrhagic lesions on CT or MRI",
+                       description="Localize hemorrhagic lesions (hematomas, hemorrhagic metastases) on non-contrast "
+                                   "head CT (HU) or one subject's MRI sequences; writes lesions.csv, counts.csv, "
+                                   "a label map in the input's grid, a JSON sidecar and a review PNG per subject.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help=".nii/.nii.gz files, folders (a folder per subject for MRI) or text files listing paths; "
+                        "MRI files are grouped by their BIDS sub-/ses- entities")
+    p.add_argument("-o", "--outdir", default="cmbdet_lesions", help="output folder (default: cmbdet_lesions)")
+    p.add_argument("--modality", choices=("auto", "ct", "mri"), default="auto",
+                   help="auto (default) decides per file from its values (a CT in HU has air near -1000)")
+    p.add_argument("--crops", action="store_true",
+                   help="write per-lesion crops of every sequence and mask (box + 10 mm) and the 5 axial 1 mm "
+                        "slices around the largest cross-section (for cmbdet classify)")
+    p.add_argument("--weights", help="CT lesion weights file (default: the shipped weights/lesions_ct.safetensors)")
+    p.add_argument("--mri-weights", help="MRI lesion weights file (default: the shipped one when present)")
+    p.add_argument("--classical", action="store_true",
+                   help="use the classical peer (density/signal threshold + components) instead of the network")
+    p.add_argument("--no-pictures", action="store_true", help="skip the review PNGs")
+    p.add_argument("--device", help="torch device (default: CUDA when present)")
+    p.set_defaults(run=_lesions)
 
     p = sub.add_parser("evaluate", parents=[common], help="score detections against a reference",
                        description="Lesion-level scoring (VALDO style): sensitivity, precision, F1, FP/subject, FROC.")
@@ -264,6 +290,8 @@ def _phantom(args) -> int:
 
     if args.n < 1:
         raise InputError(None, "-n must be at least 1")
+    if args.kind != "cmb":
+        return _phantom_hemorrhage(args)
     if args.insert_into:
         from cmbdet.phantom.insert import write_inserted_set
 
@@ -343,6 +371,61 @@ def _convert(args) -> int:
         if row["status"] == "error":
             print(f"cmbdet: error: {row['source']}: {row['reason']}", file=sys.stderr)
     return 1 if result.count("error") else 0
+
+
+def _phantom_hemorrhage(args) -> int:
+    if args.kind == "ct":
+        from cmbdet.phantom.ct import FAMILIES, write_ct_set
+
+        family = args.family if args.family in FAMILIES else "ct-a"
+        if args.family and args.family not in FAMILIES and args.family != "classic":
+            raise InputError(None, f"unknown CT phantom family {args.family!r} (choose {', '.join(FAMILIES)})")
+        truth = write_ct_set(args.outdir, args.n, args.seed, family=family, fast=args.tiny, pairs=args.pairs)
+    else:
+        from cmbdet.phantom.hemorrhage_mri import SITES, write_mri_set
+
+        site = args.family if args.family in SITES else next(iter(SITES))
+        if args.family and args.family not in SITES and args.family != "classic":
+            raise InputError(None, f"unknown MRI hemorrhage site {args.family!r} (choose {', '.join(SITES)})")
+        truth = write_mri_set(args.outdir, args.n, args.seed, site=site, fast=args.tiny)
+    print(f"wrote {args.n} {args.kind} phantom subject(s) of family {family if args.kind == 'ct' else site} and "
+          f"{truth}", file=sys.stderr)
+    return 0
+
+
+def _lesions(args) -> int:
+    from cmbdet.lesions.infer import load_lesion_model
+    from cmbdet.lesions.run import lesions_batch, plan_inputs
+
+    units = plan_inputs(args.inputs, args.modality)
+    if not units:
+        raise InputError(None, "no input scans found")
+    ct_model = mri_model = None
+    if not args.classical:
+        if any(u.modality == "ct" for u in units):
+            ct_model = load_lesion_model(args.weights, device=args.device)
+        if any(u.modality == "mri" for u in units):
+            from cmbdet.weights import SHIPPED_WEIGHTS_DIR
+
+            shipped = SHIPPED_WEIGHTS_DIR / "lesions_mri.safetensors"
+            path = args.mri_weights or (shipped if shipped.exists() else None)
+            mri_model = load_lesion_model(path, device=args.device) if path else None
+    method = "classical peer" if args.classical else "network"
+    print(f"cmbdet {__version__} lesions: {len(units)} input(s), {method}", file=sys.stderr)
+
+    def progress(index: int, total: int, result) -> None:
+        what = (f"{result.modality}: {result.n_lesions} lesion(s), {result.total_volume_ml:.1f} mL"
+                if result.status == "ok" else f"ERROR: {result.message}")
+        print(f"[{index}/{total}] {result.subject}: {what} ({result.seconds:.1f} s)", file=sys.stderr)
+        if result.status == "ok" and result.message.startswith("modality auto"):
+            print(f"    {result.message.split(';')[0]}", file=sys.stderr)
+
+    results = lesions_batch(units, args.outdir, ct_model=ct_model, mri_model=mri_model, classical=args.classical,
+                            pictures=not args.no_pictures, crops=args.crops, progress=progress)
+    failed = sum(r.status != "ok" for r in results)
+    print(f"wrote {Path(args.outdir) / 'lesions.csv'} and counts.csv; {len(results) - failed} ok, {failed} failed",
+          file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _evaluate(args) -> int:

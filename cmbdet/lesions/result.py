@@ -1,0 +1,174 @@
+"""`Lesions`: the result of `localize_lesions` — a label map plus one row of measurements per lesion.
+
+Positions and boxes are scanner RAS mm (from the volume's affine); volumes are voxel counts times
+the voxel volume of the grid the label map lives on (the input's grid for CT, the reference
+sequence's for MRI), so they agree with the written label map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from cmbdet.anatomy import mni_maps
+from cmbdet.detections import Detections
+from cmbdet.regions import assign_regions, subject_to_mni
+from cmbdet.volume import Volume
+
+LESION_COLUMNS = ("subject", "lesion_id", "x_mm", "y_mm", "z_mm", "volume_ml", "abc2_ml",
+                  "bbox_min_x_mm", "bbox_min_y_mm", "bbox_min_z_mm", "bbox_max_x_mm", "bbox_max_y_mm",
+                  "bbox_max_z_mm", "score", "region", "ivh")
+
+
+@dataclass(frozen=True)
+class Lesions:
+    """N lesions in one scan.
+
+    ``labels``: (I, J, K) int16 on the volume's canonical grid, lesion n painted n (1..N).
+    ``xyz_mm`` (N, 3) centroids, scanner RAS mm; ``volume_ml`` (N,); ``abc2_ml`` (N,) ABC/2 on the
+    largest axial slice; ``bbox_min_mm``/``bbox_max_mm`` (N, 3) RAS mm; ``score`` (N,) in [0, 1];
+    ``region`` (N,) lobar/deep/infratentorial; ``ivh`` (N,) 0/1 intraventricular extension.
+    """
+
+    labels: np.ndarray
+    xyz_mm: np.ndarray
+    volume_ml: np.ndarray
+    abc2_ml: np.ndarray
+    bbox_min_mm: np.ndarray
+    bbox_max_mm: np.ndarray
+    score: np.ndarray
+    region: np.ndarray
+    ivh: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    @property
+    def total_volume_ml(self) -> float:
+        return float(np.sum(self.volume_ml))
+
+    def mask(self, lesion_id: int) -> np.ndarray:
+        """(I, J, K) bool mask of lesion ``lesion_id`` (1-based)."""
+        return self.labels == lesion_id
+
+    def to_rows(self, subject: str) -> list[dict]:
+        """One dict per lesion with the ``lesions.csv`` columns."""
+        rows = []
+        for n in range(len(self)):
+            lo, hi = self.bbox_min_mm[n], self.bbox_max_mm[n]
+            rows.append({
+                "subject": subject, "lesion_id": n + 1,
+                "x_mm": round(float(self.xyz_mm[n, 0]), 2), "y_mm": round(float(self.xyz_mm[n, 1]), 2),
+                "z_mm": round(float(self.xyz_mm[n, 2]), 2), "volume_ml": round(float(self.volume_ml[n]), 3),
+                "abc2_ml": round(float(self.abc2_ml[n]), 3),
+                "bbox_min_x_mm": round(float(lo[0]), 1), "bbox_min_y_mm": round(float(lo[1]), 1),
+                "bbox_min_z_mm": round(float(lo[2]), 1), "bbox_max_x_mm": round(float(hi[0]), 1),
+                "bbox_max_y_mm": round(float(hi[1]), 1), "bbox_max_z_mm": round(float(hi[2]), 1),
+                "score": round(float(self.score[n]), 4), "region": self.region[n], "ivh": int(self.ivh[n]),
+            })
+        return rows
+
+
+def measure_lesions(volume: Volume, labels: np.ndarray, scores: np.ndarray, brain_mask: np.ndarray,
+                    mask_affine: np.ndarray) -> Lesions:
+    """Measure lesions painted 1..N in ``labels`` ((I, J, K) on ``volume``'s canonical grid), with
+    ``scores`` (N,), given a brain mask and its affine (any grid; for regions and IVH)."""
+    n = int(labels.max()) if labels.size else 0
+    spacing = volume.spacing_mm
+    voxel_ml = float(abs(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
+    xyz = np.zeros((n, 3))
+    vol = np.zeros(n)
+    abc2 = np.zeros(n)
+    lo = np.zeros((n, 3))
+    hi = np.zeros((n, 3))
+    objects = ndimage.find_objects(labels.astype(np.int32), max_label=n)
+    for index, box in enumerate(objects):
+        if box is None:
+            continue
+        sub = labels[box] == index + 1
+        ijk = np.argwhere(sub) + np.array([s.start for s in box])
+        world = volume.ijk_to_xyz_mm(ijk)
+        xyz[index] = world.mean(axis=0)
+        vol[index] = len(ijk) * voxel_ml
+        # the box holds every voxel, half a voxel beyond the outermost centres
+        corners = volume.ijk_to_xyz_mm(np.array([[i, j, k] for i in (-0.5, 0.5) for j in (-0.5, 0.5)
+                                                 for k in (-0.5, 0.5)]))
+        half = np.abs(corners - corners.mean(axis=0)).max(axis=0)
+        lo[index] = world.min(axis=0) - half
+        hi[index] = world.max(axis=0) + half
+        abc2[index] = abc_over_2_ml(sub, spacing)
+    diameter = 2.0 * (3.0 * vol * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+    found = Detections(xyz, np.asarray(scores, float).reshape(n), diameter)
+    region = assign_regions(found, brain_mask, mask_affine).region if n else np.zeros(0, dtype=object)
+    ivh = intraventricular(volume, labels, n, brain_mask, mask_affine)
+    return Lesions(labels=labels.astype(np.int16), xyz_mm=xyz, volume_ml=vol, abc2_ml=abc2, bbox_min_mm=lo,
+                   bbox_max_mm=hi, score=np.asarray(scores, float).reshape(n), region=region, ivh=ivh)
+
+
+def abc_over_2_ml(mask: np.ndarray, spacing_mm: np.ndarray) -> float:
+    """ABC/2 (Kothari) in mL of a (I, J, K) bool mask on a canonical grid (k ~ superior).
+
+    A: longest diameter on the slice with the largest area; B: the longest diameter perpendicular
+    to A on that slice; C: the number of slices the lesion appears on times the slice spacing (its
+    superior-inferior extent). Exact for an ellipsoid up to voxelization (pi/6 ~ 1/2).
+    """
+    areas = mask.sum(axis=(0, 1))
+    if areas.max() == 0:
+        return 0.0
+    k = int(np.argmax(areas))
+    points = np.argwhere(mask[:, :, k]) * spacing_mm[:2]
+    a_len, b_len = _diameters(points, spacing_mm[:2])
+    c_len = float((areas > 0).sum()) * float(spacing_mm[2])
+    return a_len * b_len * c_len / 2.0 / 1000.0
+
+
+def _diameters(points: np.ndarray, pixel_mm: np.ndarray) -> tuple[float, float]:
+    """(A, B) mm: the longest chord of a 2-D point set and the longest extent perpendicular to it."""
+    if len(points) > 400:  # the extreme points lie on the convex hull
+        from scipy.spatial import ConvexHull
+
+        try:
+            points = points[ConvexHull(points).vertices]
+        except Exception:
+            points = points[:: max(1, len(points) // 400)]
+    diff = points[:, None, :] - points[None, :, :]
+    dist = np.sqrt((diff**2).sum(-1))
+    i, j = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    a_len = float(dist[i, j]) + float(pixel_mm.mean())
+    if a_len <= float(pixel_mm.mean()):
+        return float(pixel_mm[0]), float(pixel_mm[1])
+    direction = (points[j] - points[i]) / max(float(dist[i, j]), 1e-6)
+    normal = np.array([-direction[1], direction[0]])
+    across = points @ normal
+    b_len = float(across.max() - across.min()) + float(pixel_mm.mean())
+    return a_len, b_len
+
+
+def intraventricular(volume: Volume, labels: np.ndarray, n: int, brain_mask: np.ndarray,
+                     mask_affine: np.ndarray, *, min_fraction: float = 0.1) -> np.ndarray:
+    """(N,) int: 1 when at least ``min_fraction`` of a lesion's voxels fall in the lateral or third
+    ventricles, located by scaling the brain to MNI (`cmbdet.regions.subject_to_mni`)."""
+    out = np.zeros(n, dtype=int)
+    if n == 0:
+        return out
+    maps = mni_maps(2)
+    ventricles = maps.d_vent < 1.0
+    scale, offset = subject_to_mni(brain_mask, mask_affine)
+    step = max(1, int(round(1.5 / float(volume.spacing_mm.min()))))
+    sub = labels[::step, ::step, ::step]
+    for index in range(n):
+        ijk = np.argwhere(sub == index + 1) * step
+        if len(ijk) == 0:
+            ijk = np.argwhere(labels == index + 1)
+        mni = volume.ijk_to_xyz_mm(ijk) * scale + offset
+        vox = np.clip(np.rint(maps.mm_to_vox(mni)).astype(int), 0, np.array(maps.shape) - 1)
+        out[index] = int(ventricles[tuple(vox.T)].mean() >= min_fraction)
+    return out
+
+
+def empty_lesions(volume: Volume) -> Lesions:
+    z = np.zeros(0)
+    return Lesions(np.zeros(volume.shape, np.int16), np.zeros((0, 3)), z, z, np.zeros((0, 3)), np.zeros((0, 3)), z,
+                   np.zeros(0, dtype=object), np.zeros(0, dtype=int))

@@ -1,0 +1,173 @@
+"""Hemorrhagic lesions: CT phantoms (truth, storage, expansion labels), the CT input path (HU
+refusal, modality decision, brain mask), lesion measurements, MRI grouping."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cmbdet.errors import InputError
+from cmbdet.lesions.ct import ct_brain_mask, guess_modality, load_ct_volume
+from cmbdet.lesions.infer import classical_ct_lesions
+from cmbdet.lesions.mri import group_mri_files, sequence_of
+from cmbdet.lesions.result import abc_over_2_ml
+from cmbdet.phantom.ct import make_ct_subject
+from cmbdet.phantom.ct.lesion import EXPANSION_FRACTION, EXPANSION_ML
+
+
+def tiny_ct_head(affine: np.ndarray, shape=(60, 70, 40), blob_mm=(12.0, 6.0, 4.0), blob_radius_mm=9.0,
+                 blob_hu=70.0, seed=0) -> np.ndarray:
+    """HU on any grid: air, a 6 mm skull (1200 HU) around an ellipsoidal brain (32 HU) with a
+    calcification (400 HU) and a blood blob (``blob_hu``) at a world point, plus noise."""
+    rng = np.random.default_rng(seed)
+    ijk = np.indices(shape).reshape(3, -1).T
+    world = nib.affines.apply_affine(affine, ijk)
+    r = np.sqrt((world[:, 0] / 62) ** 2 + (world[:, 1] / 78) ** 2 + (world[:, 2] / 56) ** 2)
+    hu = np.full(len(world), -1000.0)
+    hu[r < 1.08] = 40.0  # scalp
+    hu[r < 1.0] = 1200.0  # skull
+    hu[r < 0.9] = 32.0  # brain
+    if blob_radius_mm > 0:
+        hu[np.linalg.norm(world - np.asarray(blob_mm), axis=1) <= blob_radius_mm] = blob_hu
+    hu[np.linalg.norm(world - np.array([-20.0, -30.0, 10.0]), axis=1) <= 2.5] = 400.0
+    hu = hu + rng.normal(0.0, 3.0, hu.shape)
+    return hu.reshape(shape)
+
+
+def save_ct(path, hu: np.ndarray, affine: np.ndarray, intercept: float = -1024.0) -> None:
+    raw = np.rint(hu - intercept).astype(np.int16)
+    image = nib.Nifti1Image(raw, affine)
+    image.header.set_slope_inter(1.0, intercept)
+    nib.save(image, str(path))
+
+
+LPS_TILTED = np.array([[-3.0, 0, 0, 90], [0, -3.0, 0.5, 110], [0, 0.3, 4.0, -70], [0, 0, 0, 1]])
+
+
+@pytest.fixture(scope="module")
+def ct_pair():
+    return make_ct_subject(np.random.default_rng([7, 3]), subject="sub-t", family="ct-a", fast=True, pairs=True,
+                           p_free=0.0)
+
+
+def test_ct_phantom_storage_and_truth(ct_pair):
+    image = nib.Nifti1Image.from_bytes(ct_pair.image.to_bytes())  # as written to disk and read back
+    truth = ct_pair.truth
+    assert image.get_data_dtype() == np.int16
+    assert image.dataobj.inter == pytest.approx(ct_pair.protocol["intercept"]) and image.dataobj.slope == 1.0
+    hu = np.asarray(image.dataobj, dtype=np.float32)
+    assert hu.min() == pytest.approx(-1024.0, abs=30) and hu.max() > 700  # air and bone
+    assert truth.shape == image.shape and np.allclose(truth.affine, image.affine)
+    labels = np.asarray(truth.dataobj)
+    voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
+    assert ct_pair.lesions, "p_free=0 gives a hematoma"
+    for row in ct_pair.lesions:
+        n = row["lesion_id"]
+        count = int((labels == n).sum())
+        assert row["volume_ml"] == pytest.approx(count * voxel_ml, rel=1e-3)
+        assert row["volume_ml"] == pytest.approx(row["true_ml"], rel=0.2, abs=0.3)
+        assert 30.0 < float(np.median(hu[labels == n])) < 100.0  # blood density (heterogeneity, partial volume)
+        centroid = nib.affines.apply_affine(image.affine, np.argwhere(labels == n)).mean(axis=0)
+        assert np.allclose(centroid, [row["x_mm"], row["y_mm"], row["z_mm"]], atol=0.1)
+        grown = row["followup_true_ml"] - row["true_ml"]
+        assert row["expands"] == int(grown >= EXPANSION_ML or grown >= EXPANSION_FRACTION * row["true_ml"])
+        assert 0.0 < row["p_expand"] < 1.0
+    follow = np.asarray(ct_pair.followup.truth.dataobj)
+    for row in ct_pair.lesions:
+        assert row["followup_ml"] == pytest.approx(int((follow == row["lesion_id"]).sum()) * voxel_ml, rel=1e-3)
+
+
+def test_ct_phantom_held_out_family_hemorrhage_free():
+    ph = make_ct_subject(np.random.default_rng([8, 1]), subject="sub-f", family="ct-b", fast=True, p_free=1.0)
+    assert ph.lesions == [] and not np.asarray(ph.truth.dataobj).any()
+    assert ph.protocol["family"] == "ct-b"
+
+
+def test_ct_loader_applies_scaling_and_refuses_non_hu(tmp_path):
+    hu = tiny_ct_head(LPS_TILTED)
+    save_ct(tmp_path / "ct.nii.gz", hu, LPS_TILTED)
+    volume = load_ct_volume(tmp_path / "ct.nii.gz")
+    assert volume.data.min() < -900 and volume.data.max() > 1000
+    assert any("HU" in note for note in volume.notes)
+    assert guess_modality(tmp_path / "ct.nii.gz")[0] == "ct"
+    mri = nib.Nifti1Image(np.clip(hu + 1000.0, 0, None).astype(np.float32), LPS_TILTED)  # no air below -100
+    nib.save(mri, str(tmp_path / "mri.nii.gz"))
+    with pytest.raises(InputError, match="not a CT in Hounsfield units"):
+        load_ct_volume(tmp_path / "mri.nii.gz")
+    modality, reason = guess_modality(tmp_path / "mri.nii.gz")
+    assert modality == "mri" and "MRI" in reason
+
+
+def test_ct_brain_mask_bright_skull():
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-70, -85, -60]
+    hu = tiny_ct_head(affine, shape=(71, 86, 61))
+    world = nib.affines.apply_affine(affine, np.indices(hu.shape).reshape(3, -1).T)
+    r = np.sqrt((world[:, 0] / 62) ** 2 + (world[:, 1] / 78) ** 2 + (world[:, 2] / 56) ** 2).reshape(hu.shape)
+    mask = ct_brain_mask(hu, np.array([2.0, 2.0, 2.0]))
+    brain = r < 0.86
+    assert mask[brain].mean() > 0.95  # the brain, the blood blob and the calcification inside
+    assert not (mask & (hu > 300) & (r > 0.92)).any()  # never the skull
+    assert mask[r > 1.0].mean() < 0.01  # nor the scalp or air
+
+
+def test_classical_peer_measures_a_blob(tmp_path):
+    hu = tiny_ct_head(LPS_TILTED, blob_radius_mm=10.0)
+    save_ct(tmp_path / "ct.nii.gz", hu, LPS_TILTED)
+    volume = load_ct_volume(tmp_path / "ct.nii.gz")
+    lesions = classical_ct_lesions(volume)
+    assert len(lesions) == 1  # the calcification (400 HU) is not blood
+    true_ml = 4.0 / 3.0 * np.pi * 10.0**3 / 1000.0
+    assert lesions.volume_ml[0] == pytest.approx(true_ml, rel=0.3)
+    assert np.allclose(lesions.xyz_mm[0], [12.0, 6.0, 4.0], atol=3.0)
+    assert lesions.abc2_ml[0] == pytest.approx(true_ml, rel=0.5)
+    assert np.all(lesions.bbox_min_mm[0] < lesions.xyz_mm[0]) and np.all(lesions.bbox_max_mm[0] > lesions.xyz_mm[0])
+
+
+def test_abc_over_2_of_an_ellipsoid():
+    spacing = np.array([0.5, 0.5, 1.0])
+    ijk = np.indices((120, 120, 60)).transpose(1, 2, 3, 0) * spacing
+    mask = (((ijk - [30, 30, 30]) / [20.0, 12.0, 15.0]) ** 2).sum(-1) <= 1.0
+    true_ml = 4.0 / 3.0 * np.pi * 20 * 12 * 15 / 1000.0
+    assert abc_over_2_ml(mask, spacing) == pytest.approx(true_ml, rel=0.2)
+
+
+def test_mri_grouping_by_entities_and_mixed_folder(tmp_path):
+    loose = [tmp_path / n for n in ("sub-01_ses-1_swi.nii.gz", "sub-01_ses-1_T1w.nii.gz",
+                                    "sub-01_ses-1_ce-gd_T1w.nii.gz", "sub-02_ses-1_FLAIR.nii.gz")]
+    mixed_folder = tmp_path / "sub-03"
+    mixed = [mixed_folder / "sub-03_swi.nii.gz", mixed_folder / "sub-04_T1w.nii.gz"]
+    groups = group_mri_files(loose + mixed, {p: mixed_folder for p in mixed})
+    by_subject = {g.subject: g for g in groups}
+    assert set(by_subject["sub-01_ses-1"].files) == {"swi", "T1w", "ceT1w"} and not by_subject["sub-01_ses-1"].error
+    assert set(by_subject["sub-02_ses-1"].files) == {"FLAIR"}
+    assert "different subjects" in by_subject["sub-03"].error
+    assert sequence_of("x_T2starw.nii.gz") == "T2starw" and sequence_of("x_dwi.nii.gz") is None
+
+
+def test_density_refinement_and_calcification_filter():
+    from cmbdet.lesions.infer import drop_calcified, refine_with_density
+
+    hu = np.full((30, 30, 10), 32.0)
+    hu[5:15, 5:15, 3:7] = 70.0  # blood, 10 x 10 voxels
+    hu[20:24, 20:24, 3:7] = 300.0  # a calcification
+    labels = np.zeros(hu.shape, np.int16)
+    labels[6:13, 6:13, 3:7] = 1  # the network's mask, a little too small
+    labels[20:24, 20:24, 3:7] = 2
+    refined = refine_with_density(hu, labels)
+    assert (refined == 1).sum() > (labels == 1).sum() and not ((refined == 1) & (hu < 45)).any()
+    kept, scores = drop_calcified(hu, refined, np.array([0.9, 0.8]), 0.1)
+    assert kept.max() == 1 and list(scores) == [0.9] and (kept == 1).sum() == (refined == 1).sum()
+
+
+def test_shipped_ct_weights():
+    from cmbdet.lesions.infer import load_lesion_model
+    from cmbdet.weights import SHIPPED_WEIGHTS_DIR
+
+    path = SHIPPED_WEIGHTS_DIR / "lesions_ct.safetensors"
+    assert path.stat().st_size < 20 * 2**20
+    model = load_lesion_model()
+    assert model.modality == "ct" and 0.0 < model.threshold < 1.0 and model.net.in_channels == 3
+    mri = load_lesion_model(SHIPPED_WEIGHTS_DIR / "lesions_mri.safetensors")
+    assert mri.modality == "mri" and mri.net.in_channels == 6

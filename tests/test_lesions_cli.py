@@ -1,0 +1,130 @@
+"""`cmbdet lesions` end to end on tiny volumes: files written, label map in the input's grid, table
+columns, a status row for every input (bad ones included), crops, MRI groups."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from cmbdet.cli import main
+from cmbdet.lesions.infer import LesionModel
+from cmbdet.lesions.model import LesionNet
+from cmbdet.lesions.result import LESION_COLUMNS
+from cmbdet.lesions.run import COUNT_COLUMNS
+from tests.conftest import ellipsoid_head
+from tests.test_lesions import LPS_TILTED, save_ct, tiny_ct_head
+
+
+def _rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def lesion_weights(tmp_path_factory):
+    """An untrained CT lesion network (throw-away weights: contracts, not accuracy)."""
+    torch.manual_seed(0)
+    net = LesionNet(3, 4)
+    torch.nn.init.constant_(net.head.bias, 0.0)
+    path = tmp_path_factory.mktemp("lw") / "lesions_ct.safetensors"
+    LesionModel(net=net, modality="ct", threshold=0.5).save(path)
+    return path
+
+
+@pytest.fixture()
+def ct_inputs(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    save_ct(folder / "sub-01_ct.nii.gz", tiny_ct_head(LPS_TILTED, blob_radius_mm=10.0), LPS_TILTED)
+    ras = np.array([[2.5, 0, 0, -75], [0, 2.5, 0, -88], [0, 0, 5.0, -60], [0, 0, 0, 1]])
+    save_ct(folder / "sub-02_ct.nii.gz", tiny_ct_head(ras, shape=(60, 70, 24), blob_radius_mm=0.0), ras,
+            intercept=0.0)
+    (folder / "broken.nii.gz").write_bytes(b"not a nifti")
+    mri_like = nib.Nifti1Image(np.abs(tiny_ct_head(ras, shape=(60, 70, 24))).astype(np.float32), ras)
+    nib.save(mri_like, str(folder / "notct.nii.gz"))
+    return folder
+
+
+def test_cli_network_on_ct_writes_everything(ct_inputs, lesion_weights, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["lesions", str(ct_inputs / "sub-01_ct.nii.gz"), str(ct_inputs / "sub-02_ct.nii.gz"),
+                 str(ct_inputs / "broken.nii.gz"), "-o", str(out), "--weights", str(lesion_weights)])
+    assert code == 1  # one input failed, the others were written
+    counts = _rows(out / "counts.csv")
+    assert list(counts[0].keys()) == list(COUNT_COLUMNS)
+    status = {r["subject"]: r["status"] for r in counts}
+    assert status == {"sub-01": "ok", "sub-02": "ok", "broken": "error"}
+    assert "not a readable NIfTI" in next(r["message"] for r in counts if r["subject"] == "broken")
+    assert "modality auto: CT" in next(r["message"] for r in counts if r["subject"] == "sub-01")
+    with open(out / "lesions.csv") as handle:
+        assert handle.readline().strip().split(",")[: len(LESION_COLUMNS)] == list(LESION_COLUMNS)
+    for subject in ("sub-01", "sub-02"):
+        source = nib.load(str(ct_inputs / f"{subject}_ct.nii.gz"))
+        labels = nib.load(str(out / subject / f"{subject}_desc-hemorrhage_dseg.nii.gz"))
+        assert labels.shape == source.shape and np.allclose(labels.affine, source.affine)
+        assert (out / subject / f"{subject}_lesions.png").stat().st_size > 1000
+        sidecar = json.loads((out / subject / f"{subject}_desc-hemorrhage_dseg.json").read_text())
+        assert sidecar["modality"] == "ct" and any("HU" in note for note in sidecar["read"])
+    n_sub01 = int(next(r["n_lesions"] for r in counts if r["subject"] == "sub-01"))
+    labels = np.asarray(nib.load(str(out / "sub-01" / "sub-01_desc-hemorrhage_dseg.nii.gz")).dataobj)
+    assert labels.max() == n_sub01
+
+
+def test_cli_classical_with_crops_and_hu_refusal(ct_inputs, tmp_path):
+    out = tmp_path / "out"
+    code = main(["lesions", str(ct_inputs / "sub-01_ct.nii.gz"), str(ct_inputs / "notct.nii.gz"), "-o", str(out),
+                 "--modality", "ct", "--classical", "--crops"])
+    assert code == 1
+    counts = {r["subject"]: r for r in _rows(out / "counts.csv")}
+    assert counts["notct"]["status"] == "error" and "not a CT in Hounsfield units" in counts["notct"]["message"]
+    lesions = _rows(out / "lesions.csv")
+    assert len(lesions) == 1 and lesions[0]["lesion_id"] == "1"
+    assert float(lesions[0]["volume_ml"]) == pytest.approx(4.19, rel=0.3)
+    crops = _rows(out / "crops.csv")
+    kinds = {(r["sequence"], r["kind"]) for r in crops}
+    assert kinds == {("ct", "image_box"), ("ct", "image_axial5"), ("mask", "mask_box"), ("mask", "mask_axial5")}
+    slab = nib.load(next(r["path"] for r in crops if r["kind"] == "mask_axial5"))
+    assert slab.shape[2] == 5 and np.allclose(slab.header.get_zooms()[:3], 1.0, atol=1e-3)
+    assert np.asarray(slab.dataobj)[:, :, 2].sum() > 0  # the largest cross-section is the middle slice
+    box = nib.load(next(r["path"] for r in crops if r["kind"] == "image_box"))
+    centre = nib.affines.apply_affine(box.affine, (np.array(box.shape) - 1) / 2.0)
+    assert np.allclose(centre, [12.0, 6.0, 4.0], atol=6.0)
+
+
+def test_cli_mri_groups_and_refuses_mixed_subjects(tmp_path):
+    folder = tmp_path / "bids"
+    folder.mkdir()
+    swi = np.array([[3.5, 0, 0, -84], [0, 3.5, 0, -98], [0, 0, 5.0, -60], [0, 0, 0, 1]])
+    t1 = np.array([[-4.0, 0, 0, 96], [0, -4.0, 0, 110], [0, 0, 4.0, -60], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(ellipsoid_head(swi), swi), str(folder / "sub-01_ses-1_swi.nii.gz"))
+    nib.save(nib.Nifti1Image(ellipsoid_head(t1, shape=(48, 56, 30)), t1), str(folder / "sub-01_ses-1_T1w.nii.gz"))
+    mixed = tmp_path / "sub-03"
+    mixed.mkdir()
+    nib.save(nib.Nifti1Image(ellipsoid_head(swi), swi), str(mixed / "sub-03_swi.nii.gz"))
+    nib.save(nib.Nifti1Image(ellipsoid_head(swi), swi), str(mixed / "sub-04_T1w.nii.gz"))
+    torch.manual_seed(0)
+    mri_weights = tmp_path / "lesions_mri.safetensors"
+    LesionModel(net=LesionNet(6, 4), modality="mri", threshold=0.5).save(mri_weights)
+    out = tmp_path / "out"
+    code = main(["lesions", str(folder / "sub-01_ses-1_swi.nii.gz"), str(folder / "sub-01_ses-1_T1w.nii.gz"),
+                 str(mixed), "-o", str(out), "--modality", "mri", "--mri-weights", str(mri_weights)])
+    assert code == 1
+    counts = {r["subject"]: r for r in _rows(out / "counts.csv")}
+    assert counts["sub-01_ses-1"]["status"] == "ok"
+    assert "T1w" in counts["sub-01_ses-1"]["message"] and "resampled" in counts["sub-01_ses-1"]["message"]
+    assert counts["sub-03"]["status"] == "error" and "different subjects" in counts["sub-03"]["message"]
+    labels = nib.load(str(out / "sub-01_ses-1" / "sub-01_ses-1_desc-hemorrhage_dseg.nii.gz"))
+    assert labels.shape == (48, 56, 24) and np.allclose(labels.affine, swi)  # the SWI (reference) grid
+    sidecar = json.loads((out / "sub-01_ses-1" / "sub-01_ses-1_desc-hemorrhage_dseg.json").read_text())
+    assert sidecar["reference"]["sequence"] == "swi" and sidecar["method"] == "network"
+    # a folder of loose BIDS files groups by entities; --classical runs the peer
+    out2 = tmp_path / "out2"
+    assert main(["lesions", str(folder), "-o", str(out2), "--modality", "mri", "--classical"]) == 0
+    assert [r["subject"] for r in _rows(out2 / "counts.csv")] == ["sub-01_ses-1"]
+    sidecar = json.loads((out2 / "sub-01_ses-1" / "sub-01_ses-1_desc-hemorrhage_dseg.json").read_text())
+    assert sidecar["method"] == "classical"

@@ -1,0 +1,43 @@
+"""Store an operating point (chosen on validation scans with tools/bench_lesions.py) in lesion weights.
+
+    python tools/lesion_operating_point.py IN.safetensors OUT.safetensors --threshold 0.7 --min-ml 0.3 \
+        --refine on --max-dense 0.1 --note "chosen on the 4 ct-a validation scans"
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cmbdet.lesions.infer import load_lesion_model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("input")
+    parser.add_argument("output")
+    parser.add_argument("--threshold", type=float)
+    parser.add_argument("--min-ml", type=float)
+    parser.add_argument("--refine", choices=("on", "off"))
+    parser.add_argument("--max-dense", type=float)
+    parser.add_argument("--note", default="")
+    args = parser.parse_args(argv)
+    model = load_lesion_model(args.input)
+    if args.threshold is not None:
+        model.threshold = args.threshold
+    if args.min_ml is not None:
+        model.min_ml = args.min_ml
+    if args.refine is not None:
+        model.refine_hu = args.refine == "on"
+    if args.max_dense is not None:
+        model.max_dense_fraction = args.max_dense
+    if args.note:
+        model.metadata["operating_point_note"] = args.note
+    model.save(args.output)
+    print(f"wrote {args.output}: threshold {model.threshold:g}, min_ml {model.min_ml:g}, refine "
+          f"{'on' if model.refine_hu else 'off'}, max_dense {model.max_dense_fraction:g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
