@@ -56,7 +56,7 @@ def _stage2_filter_figures(reclassifier, mined) -> dict:
             "candidate_tp": tp_total, "candidate_fp": fp_total}
 
 
-def _mined_layouts(scan, proposer, rng, layouts, slab_mm, cache: Path) -> dict:
+def _mined_layouts(scan, proposer, rng, layouts, slab_mm, cache: Path, max_candidates: int) -> dict:
     """Stage-1 mining of one scan, patches of every layout; cached in ``cache`` (one .npz per scan)."""
     from cmbdet.reclassifier.train import MinedScan, mine_points
 
@@ -68,7 +68,7 @@ def _mined_layouts(scan, proposer, rng, layouts, slab_mm, cache: Path) -> dict:
             return {layout: MinedScan(scan.subject, stored[f"{layout}_patches"], stored["is_cmb"],
                                       stored[f"{layout}_candidates"], rows["candidates"], rows["truth"])
                     for layout in layouts}
-    points = mine_points(scan, proposer, rng)
+    points = mine_points(scan, proposer, rng, max_candidates=max_candidates)
     out = {layout: points.patches(layout=layout, slab_mm=slab_mm) for layout in layouts}
     first = next(iter(out.values()))
     arrays = {f"{layout}_patches": m.patches for layout, m in out.items()}
@@ -86,16 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layouts", nargs="+", default=["planes", "mips", "mixed"])
     parser.add_argument("--slab-mm", type=float, default=10.0)
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--max-candidates", type=int, default=40, help="stage-1 candidates mined per scan")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--mine-only", action="store_true", help="mine and cache the scans, train nothing")
+    parser.add_argument("--reuse-models", action="store_true",
+                        help="layouts already trained in WORKDIR are not retrained: only their operating point is "
+                             "chosen again (with today's rule)")
     parser.add_argument("--cache", help="folder of mined scans to reuse (default WORKDIR/mined); the proposer "
                                         "must be the same as when they were mined")
     args = parser.parse_args(argv)
 
     from cmbdet.proposer.infer import load_proposer
-    from cmbdet.reclassifier.train import fit_reclassifier
+    from cmbdet.reclassifier.infer import load_reclassifier
+    from cmbdet.reclassifier.train import choose_operating_point, fit_reclassifier
     from cmbdet.training_data import describe_sources, read_labelled_set
 
     work = Path(args.workdir)
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     for n, (split, scan) in enumerate([("train", s) for s in train] + [("val", s) for s in val], start=1):
         for layout, one in _mined_layouts(scan, proposer, np.random.default_rng([args.seed, n]), args.layouts,
-                                          args.slab_mm, cache).items():
+                                          args.slab_mm, cache, args.max_candidates).items():
             mined[layout][split].append(one)
         if n % 10 == 0:
             print(f"mined {n}/{len(train) + len(val)} scans ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
@@ -120,10 +125,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for layout in args.layouts:
         t0 = time.perf_counter()
-        model = fit_reclassifier(mined[layout]["train"], mined[layout]["val"], np.random.default_rng(args.seed),
-                                 epochs=args.epochs, batch=args.batch, layout=layout, slab_mm=args.slab_mm,
-                                 workdir=work / layout, log=lambda line: print(line, file=sys.stderr))
-        seconds = time.perf_counter() - t0
+        saved = work / f"{layout}.safetensors"
+        if args.reuse_models and saved.exists():  # trained before: choose its operating point again
+            model = load_reclassifier(saved)
+            weight, threshold, pooled = choose_operating_point(model, mined[layout]["val"])
+            model.threshold, model.stage1_weight = threshold, weight
+            model.metadata.update(val_threshold=threshold, val_stage1_weight=weight,
+                                  val_sensitivity=pooled.get("sensitivity"), val_precision=pooled.get("precision"),
+                                  val_f1=pooled.get("f1"), val_fp_per_subject=pooled.get("fp_per_subject"),
+                                  operating_point_rule=pooled.get("rule"),
+                                  val_candidate_recall=pooled.get("candidate_recall"))
+        else:
+            model = fit_reclassifier(mined[layout]["train"], mined[layout]["val"], np.random.default_rng(args.seed),
+                                     epochs=args.epochs, batch=args.batch, layout=layout, slab_mm=args.slab_mm,
+                                     workdir=work / layout, log=lambda line: print(line, file=sys.stderr))
+        seconds = model.metadata.get("train_seconds") or time.perf_counter() - t0
+        model.metadata["train_seconds"] = round(seconds)
         model.metadata.update(seed=args.seed, training_data=describe_sources(args.train, train),
                               validation_data=describe_sources(args.val, val))
         model.save(work / f"{layout}.safetensors")
@@ -131,17 +148,18 @@ def main(argv: list[str] | None = None) -> int:
         row = {"layout": layout, "threshold": model.threshold, "stage1_weight": model.stage1_weight,
                "sensitivity": meta.get("val_sensitivity"), "precision": meta.get("val_precision"),
                "f1": meta.get("val_f1"), "fp_per_subject": meta.get("val_fp_per_subject"),
+               "rule": meta.get("operating_point_rule"),
                **_stage2_filter_figures(model, mined[layout]["val"]), "train_seconds": round(seconds)}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     print(f"validation scans: {len(val)} ({sum(len(s.cmb_xyz_mm) for s in val)} CMB); training scans: {len(train)}")
     print("| layout | threshold | w | sensitivity | precision | F1 | FP/subject | stage-2 FP removed | "
-          "sensitivity lost | training s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "sensitivity lost | rule | training s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['layout']} | {r['threshold']:.2f} | {r['stage1_weight']:.1f} | {r['sensitivity']:.3f} | "
+        print(f"| {r['layout']} | {r['threshold']:.3f} | {r['stage1_weight']:.1f} | {r['sensitivity']:.3f} | "
               f"{r['precision']:.3f} | {r['f1']:.3f} | {r['fp_per_subject']:.2f} | {r['fp_removed']:.1%} | "
-              f"{r['sensitivity_lost']:.1%} | {r['train_seconds']} |")
+              f"{r['sensitivity_lost']:.1%} | {r['rule']} | {r['train_seconds']} |")
     return 0
 
 

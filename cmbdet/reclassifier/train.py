@@ -154,17 +154,21 @@ THRESHOLDS = tuple(np.round(np.arange(0.025, 0.976, 0.025), 3))
 
 
 def choose_operating_point(reclassifier: Reclassifier, mined: list[MinedScan], *,
-                           max_sensitivity_loss: float | None = 0.02) -> tuple[float, float, dict]:
-    """(stage-1 weight, threshold, pooled figures) end to end on these scans: the best lesion-level F1
-    among the points where stage 2 loses at most ``max_sensitivity_loss`` of the sensitivity of all
-    the stage-1 candidates it receives (its job is to drop mimics, not microbleeds); the best F1
-    overall when no point keeps that (or with ``None``). Ties go to the smaller stage-1 weight."""
+                           max_sensitivity_loss: float | None = 0.02,
+                           f1_tolerance: float = 0.02) -> tuple[float, float, dict]:
+    """(stage-1 weight, threshold, pooled figures) end to end on these scans.
+
+    The best lesion-level F1 — unless a point where stage 2 loses at most ``max_sensitivity_loss`` of
+    the sensitivity of all the stage-1 candidates it receives (its job is to drop mimics, not
+    microbleeds) comes within ``f1_tolerance`` of it: then the best such point. Ties go to the smaller
+    stage-1 weight. ``pooled["rule"]`` says which rule chose the point.
+    """
     truth = [row for m in mined for row in m.truth_rows]
     stage2 = [cmb_probability(reclassifier, m.candidate_patches) for m in mined]
     every = [dict(row) for m in mined for row in m.candidate_rows]
     recall = evaluate(truth, every).pooled["sensitivity"] if every else float("nan")
-    floors = [None] if max_sensitivity_loss is None or math.isnan(recall) else [recall - max_sensitivity_loss, None]
-    for floor in floors:
+
+    def best_point(floor: float | None) -> tuple[float, float, float, dict]:
         best = (-1.0, 0.0, 0.5, {})
         for weight in STAGE1_WEIGHTS:
             detections = []
@@ -176,10 +180,17 @@ def choose_operating_point(reclassifier: Reclassifier, mined: list[MinedScan], *
             f1 = pooled.get("f1", float("nan"))
             if not math.isnan(f1) and f1 > best[0]:
                 best = (f1, weight, threshold, pooled)
-        if best[0] >= 0:
-            rule = "best F1" if floor is None else f"best F1 losing <= {max_sensitivity_loss:g} of candidate recall"
-            return best[1], best[2], dict(best[3], rule=rule, candidate_recall=recall)
-    return 0.0, 0.5, {}
+        return best
+
+    unconstrained = best_point(None)
+    if unconstrained[0] < 0:
+        return 0.0, 0.5, {}
+    chosen, rule = unconstrained, "best F1"
+    if max_sensitivity_loss is not None and not math.isnan(recall):
+        kept = best_point(recall - max_sensitivity_loss)
+        if kept[0] >= 0 and kept[0] >= unconstrained[0] - f1_tolerance:
+            chosen, rule = kept, f"best F1 losing <= {max_sensitivity_loss:g} of candidate recall"
+    return chosen[1], chosen[2], dict(chosen[3], rule=rule, candidate_recall=recall)
 
 
 def train_reclassifier(
