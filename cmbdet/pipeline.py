@@ -58,7 +58,7 @@ class Detector:
     proposer: Proposer
     reclassifier: object | None = None
     threshold: float = DEFAULT_THRESHOLD
-    max_candidates: int = 30
+    max_candidates: int = 60
 
     def detect(self, volume: Volume) -> Detections:
         """Microbleeds in one scan, highest score first; positions in scanner RAS mm."""

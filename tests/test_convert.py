@@ -413,7 +413,7 @@ def test_multi_echo_dicom_becomes_one_4d_image_detect_can_read(tmp_path):
     row = _rows(out / "manifest.csv")[0]
     assert nib.load(out / row["path"]).shape == (48, 56, 26, 2)
     assert "2 echoes stacked" in _rows(out / "conversion_report.csv")[0]["reason"]
-    assert any("root-sum-of-squares" in note for note in load_volume(out / row["path"]).notes)
+    assert any("multi-echo input (2 echoes)" in note for note in load_volume(out / row["path"]).notes)
 
 
 def test_detect_and_evaluate_counts_on_a_converted_tree(adni, random_weights, tmp_path, capsys):
