@@ -65,11 +65,14 @@ def sample_views(
         n_steps = max(1, int(round(slab_mm / SLAB_STEP_MM)) + 1) if kind == "mip" else 1
         depths = np.linspace(-slab_mm / 2, slab_mm / 2, n_steps) if n_steps > 1 else np.zeros(1)
         grid_mm = rows[..., None] * row_dir + cols[..., None] * col_dir  # (size, size, 3)
-        result = np.full((len(xyz_mm), size * size), np.inf, dtype=np.float32)
+        # A slab reaching beyond the scan (a thin slab of slices, the edge of the field of view) takes
+        # its minimum over the voxels that exist: outside reads as NaN, which np.fmin passes over.
+        outside = np.nan if kind == "mip" else 0.0
+        result = np.full((len(xyz_mm), size * size), np.nan, dtype=np.float32)
         for depth in depths:
             steps = ((grid_mm + depth * normal) / spacing).reshape(-1, 3)  # mm -> canonical voxels
             coords = (centres[:, None, :] + steps[None]).reshape(-1, 3).T
-            values = ndimage.map_coordinates(volume.data, coords, order=1, mode="constant", cval=0.0)
-            np.minimum(result, values.reshape(len(xyz_mm), -1), out=result)
-        out[..., v] = result.reshape(len(xyz_mm), size, size)
+            values = ndimage.map_coordinates(volume.data, coords, order=1, mode="constant", cval=outside)
+            np.fmin(result, values.reshape(len(xyz_mm), -1), out=result)
+        out[..., v] = np.nan_to_num(result, nan=0.0).reshape(len(xyz_mm), size, size)
     return out

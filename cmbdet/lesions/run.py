@@ -65,7 +65,7 @@ def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto") -> list[Le
     """Files, folders and list files -> units; ``auto`` decides CT or MRI per file from its values."""
     from cmbdet.lesions.ct import guess_modality
     from cmbdet.lesions.mri import group_mri_files
-    from cmbdet.pipeline import _is_nifti, _read_list
+    from cmbdet.batch import _is_nifti, _read_list
 
     if modality not in MODALITIES:
         raise InputError(None, f"unknown modality {modality!r} (choose auto, ct or mri)")
