@@ -44,6 +44,7 @@ def test_shipped_detector_ranks_obvious_microbleeds_first_on_a_real_multi_echo_b
     keeps only some of them (README), but every inserted microbleed must outrank anything on real anatomy."""
     main(["phantom", "--insert-into", str(REALDATA / "Mag.nii"), "-n", "3", "--cmb-per-copy", "2",
           "-o", str(tmp_path / "set"), "--seed", "1"])
-    assert main(["detect", str(tmp_path / "set"), "-o", str(tmp_path / "out"), "--no-pictures", "--threshold", "0"]) == 0
+    assert main(["detect", str(tmp_path / "set"), "-o", str(tmp_path / "out"), "--no-pictures",
+                 "--threshold", "0"]) == 0
     result = evaluate(read_truth(tmp_path / "set" / "truth.csv"), read_detections(tmp_path / "out" / "detections.csv"))
     assert result.pooled["sens_at_0.25fp"] >= 0.75

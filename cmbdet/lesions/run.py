@@ -63,9 +63,9 @@ class LesionResult:
 
 def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto") -> list[LesionUnit]:
     """Files, folders and list files -> units; ``auto`` decides CT or MRI per file from its values."""
+    from cmbdet.batch import _is_nifti, _read_list
     from cmbdet.lesions.ct import guess_modality
     from cmbdet.lesions.mri import group_mri_files
-    from cmbdet.batch import _is_nifti, _read_list
 
     if modality not in MODALITIES:
         raise InputError(None, f"unknown modality {modality!r} (choose auto, ct or mri)")
