@@ -421,9 +421,13 @@ def test_detect_and_evaluate_counts_on_a_converted_tree(adni, random_weights, tm
     out = tmp_path / "bids"
     assert main(["convert", "adni", str(adni["src"]), "-o", str(out), "--ratings", str(adni["ratings"])]) == 0
     found = tmp_path / "found"
-    assert main(["detect", str(out), "-o", str(found), "--weights", str(random_weights), "--no-pictures"]) == 0
+    assert main(["detect", str(out / "manifest.csv"), "-o", str(found), "--weights", str(random_weights),
+                 "--no-pictures"]) == 0
     detected = {r["subject"] for r in _rows(found / "counts.csv")}
     assert detected == set(_by_scan(_rows(out / "manifest.csv")))
+    from_folder = tmp_path / "found-folder"  # the BIDS folder itself gives the same subjects
+    assert main(["detect", str(out), "-o", str(from_folder), "--weights", str(random_weights), "--no-pictures"]) == 0
+    assert {r["subject"] for r in _rows(from_folder / "counts.csv")} == detected
     capsys.readouterr()
     assert main(["evaluate", "--counts", "--truth", str(out / "manifest.csv"), "--detections",
                  str(found / "counts.csv"), "--json"]) == 0
