@@ -13,18 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 from scipy import ndimage
 
 from cmbdet.errors import InputError
-from cmbdet.preprocess import resample_to_spacing
+from cmbdet.preprocess import _largest_component, resample_to_spacing
 from cmbdet.volume import (
     SourceGrid,
     Volume,
     _checked_affine,
     _checked_dimensions,
+    _read_nifti,
     _repair_non_finite,
     _short,
 )
@@ -44,7 +44,7 @@ def load_ct_volume(path: str | Path) -> Volume:
     Raises `InputError` (one line naming the file) for unreadable files, 4-D series, and images with
     no values below `AIR_BELOW_HU` (not Hounsfield units).
     """
-    image = _read_nifti(path)
+    image = _read_nifti(Path(path))
     name = str(path)
     notes: list[str] = []
     affine = _checked_affine(image, name, notes)
@@ -68,25 +68,6 @@ def load_ct_volume(path: str | Path) -> Volume:
                   path=Path(path), notes=tuple(notes))
 
 
-def _read_nifti(path: str | Path) -> nib.Nifti1Image:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "no such file")
-    if path.is_dir():
-        raise InputError(path, "is a directory, not a NIfTI file")
-    if path.stat().st_size == 0:
-        raise InputError(path, "file is empty (0 bytes)")
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
-        raise InputError(path, "not a NIfTI file (expected .nii or .nii.gz)")
-    try:
-        image = nib.load(str(path))
-    except Exception as err:
-        raise InputError(path, f"not a readable NIfTI file ({_short(err)})") from None
-    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
-        raise InputError(path, f"not a NIfTI image ({type(image).__name__})")
-    return image
-
-
 def check_hounsfield(data: np.ndarray, name: str) -> None:
     """Refuse an image that cannot be a head CT in HU (no air below -100 HU, or constant)."""
     if not data.max() > data.min():
@@ -101,7 +82,7 @@ def check_hounsfield(data: np.ndarray, name: str) -> None:
 def guess_modality(path: str | Path) -> tuple[str, str]:
     """('ct' or 'mri', reason) from the data: a CT in HU has air near -1000 and bone above +300,
     an MRI magnitude image has no values far below zero."""
-    image = _read_nifti(path)
+    image = _read_nifti(Path(path))
     try:
         data = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as err:
@@ -173,22 +154,13 @@ def ct_brain_mask(hu: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
     depth = ndimage.distance_transform_edt(candidate, sampling=spacing_mm)
     erosion_mm = 4.0
     core = depth > erosion_mm
-    core = _largest(core) if core.any() else _largest(candidate)
+    core = _largest_component(core) if core.any() else _largest_component(candidate)
     steps = int(np.ceil(erosion_mm / spacing_mm.min())) + 1
     mask = ndimage.binary_dilation(core, iterations=steps, mask=enclosed & (hu < BONE_HU))
     mask = ndimage.binary_fill_holes(mask)
     for k in range(mask.shape[2]):
         mask[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
     return mask & ~bone
-
-
-def _largest(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndimage.label(mask)
-    if n <= 1:
-        return mask.copy()
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
 
 
 def network_input(hu: np.ndarray, mask: np.ndarray) -> np.ndarray:
