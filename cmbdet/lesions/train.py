@@ -156,15 +156,26 @@ def _augment(rng: np.random.Generator, hu: np.ndarray) -> np.ndarray:
 def _patch(rng: np.random.Generator, scan: PreparedScan, size: int, p_lesion: float) -> tuple[np.ndarray, np.ndarray]:
     if scan.channels is not None:
         return _patch_mri(rng, scan, size, p_lesion)
-    shape = np.array(scan.hu.shape)
-    pad = np.maximum(size - shape, 0)
+    pad = np.maximum(size - np.array(scan.hu.shape), 0)
     hu, mask, blood = scan.hu, scan.mask, scan.blood
     if pad.any():
         widths = [(0, int(p)) for p in pad]
         hu = np.pad(hu, widths, constant_values=-1000.0)
         mask = np.pad(mask, widths)
         blood = np.pad(blood, widths)
-        shape = np.array(hu.shape)
+    box = _patch_box(rng, mask, blood, size, p_lesion)
+    x_hu, x_mask, y = hu[box], mask[box], blood[box]
+    x_hu = _augment(rng, x_hu)
+    if rng.random() < 0.5:
+        x_hu, x_mask, y = x_hu[::-1], x_mask[::-1], y[::-1]
+    return network_input(np.ascontiguousarray(x_hu), np.ascontiguousarray(x_mask)), np.ascontiguousarray(y)
+
+
+def _patch_box(rng: np.random.Generator, mask: np.ndarray, blood: np.ndarray, size: int,
+               p_lesion: float) -> tuple[slice, slice, slice]:
+    """A ``size``^3 box: around a blood voxel with probability ``p_lesion`` (when there is blood),
+    else around a brain voxel; inside the (already padded) array."""
+    shape = np.array(mask.shape)
     positive = np.argwhere(blood[::2, ::2, ::2] > 0.5) * 2
     if len(positive) and rng.random() < p_lesion:
         centre = positive[int(rng.integers(len(positive)))] + rng.integers(-size // 4, size // 4 + 1, 3)
@@ -172,12 +183,7 @@ def _patch(rng: np.random.Generator, scan: PreparedScan, size: int, p_lesion: fl
         inside = np.argwhere(mask[::4, ::4, ::4]) * 4
         centre = inside[int(rng.integers(len(inside)))] if len(inside) else shape // 2
     lo = np.clip(centre - size // 2, 0, shape - size)
-    box = tuple(slice(int(a), int(a) + size) for a in lo)
-    x_hu, x_mask, y = hu[box], mask[box], blood[box]
-    x_hu = _augment(rng, x_hu)
-    if rng.random() < 0.5:
-        x_hu, x_mask, y = x_hu[::-1], x_mask[::-1], y[::-1]
-    return network_input(np.ascontiguousarray(x_hu), np.ascontiguousarray(x_mask)), np.ascontiguousarray(y)
+    return tuple(slice(int(a), int(a) + size) for a in lo)  # type: ignore[return-value]
 
 
 def _patch_mri(rng: np.random.Generator, scan: PreparedScan, size: int, p_lesion: float):
@@ -187,15 +193,7 @@ def _patch_mri(rng: np.random.Generator, scan: PreparedScan, size: int, p_lesion
         widths = [(0, int(p)) for p in pad]
         channels = np.pad(channels, [(0, 0), *widths])
         mask, blood = np.pad(mask, widths), np.pad(blood, widths)
-    shape = np.array(mask.shape)
-    positive = np.argwhere(blood[::2, ::2, ::2] > 0.5) * 2
-    if len(positive) and rng.random() < p_lesion:
-        centre = positive[int(rng.integers(len(positive)))] + rng.integers(-size // 4, size // 4 + 1, 3)
-    else:
-        inside = np.argwhere(mask[::4, ::4, ::4]) * 4
-        centre = inside[int(rng.integers(len(inside)))] if len(inside) else shape // 2
-    lo = np.clip(centre - size // 2, 0, shape - size)
-    box = tuple(slice(int(a), int(a) + size) for a in lo)
+    box = _patch_box(rng, mask, blood, size, p_lesion)
     x = _augment_mri(rng, channels[(slice(None), *box)])
     y = blood[box]
     if rng.random() < 0.5:
