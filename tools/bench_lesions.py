@@ -21,48 +21,25 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from cmbdet.lesions.ct import load_ct_volume
 from cmbdet.lesions.infer import classical_ct_lesions, load_lesion_model, localize_lesions
 from cmbdet.lesions.mri import classical_mri_lesions, group_mri_files, load_sequence_set
+from cmbdet.lesions.truth import TruthLesion, match_reports, read_truth_map
 
-MATCH_MM = 10.0
 
-
-def truth_lesions(path: Path) -> tuple[np.ndarray, nib.Nifti1Image, list[dict]]:
-    image = nib.load(str(path))
-    labels = np.asarray(image.dataobj).astype(np.int32)
-    voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
-    out = []
-    for n, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        ijk = np.argwhere(labels[box] == n) + [s.start for s in box]
-        out.append({"id": n, "xyz": nib.affines.apply_affine(image.affine, ijk).mean(0),
-                    "volume_ml": len(ijk) * voxel_ml})
-    return labels, image, out
+def truth_lesions(path: Path) -> tuple[np.ndarray, nib.Nifti1Image, list[TruthLesion]]:
+    labels, _, lesions = read_truth_map(path)
+    return labels, nib.load(str(path)), lesions
 
 
 def score_subject(pred_labels: np.ndarray, pred_xyz: np.ndarray, pred_ml: np.ndarray, truth_labels: np.ndarray,
-                  truth_image: nib.Nifti1Image, truth: list[dict]) -> dict:
+                  truth_image: nib.Nifti1Image, truth: list[TruthLesion]) -> dict:
     """Matching, Dice and volume errors of one subject (prediction already in the truth's grid)."""
-    inv = np.linalg.inv(truth_image.affine)
-    candidates = []
-    for p, xyz in enumerate(pred_xyz):
-        vox = np.rint(nib.affines.apply_affine(inv, xyz)).astype(int)
-        inside_id = int(truth_labels[tuple(vox)]) if np.all((vox >= 0) & (vox < truth_labels.shape)) else 0
-        for t, lesion in enumerate(truth):
-            dist = float(np.linalg.norm(xyz - lesion["xyz"]))
-            if inside_id == lesion["id"] or dist <= MATCH_MM:
-                candidates.append((0.0 if inside_id == lesion["id"] else dist, p, t))
-    used_p, used_t, errors = set(), set(), []
-    for _, p, t in sorted(candidates):
-        if p in used_p or t in used_t:
-            continue
-        used_p.add(p)
-        used_t.add(t)
-        errors.append(abs(float(pred_ml[p]) - truth[t]["volume_ml"]))
+    matched = match_reports(pred_xyz, truth_labels, truth_image.affine, truth)
+    errors = [abs(float(pred_ml[p]) - truth[t].volume_ml) for p, t in matched.items()]
+    used_p = set(matched)
+    used_t = set(matched.values())
     pred, ref = pred_labels > 0, truth_labels > 0
     dice = 2.0 * float((pred & ref).sum()) / max(float(pred.sum() + ref.sum()), 1.0) if ref.any() else None
     return {"n_truth": len(truth), "tp": len(used_t), "fp": len(pred_xyz) - len(used_p), "dice": dice,
