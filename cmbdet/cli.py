@@ -220,6 +220,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(run=_train_reclassifier)
+
+    p = train_sub.add_parser("classifier", parents=[common], help="train a lesion crop classifier (hbm or expansion)",
+                             description="Run the lesion localizer on labelled phantom sets (CT pairs for expansion, "
+                                         "multi-sequence MRI for hbm), label each localized lesion from truth.csv, "
+                                         "and train the crop classifier; the threshold is chosen on a held-out "
+                                         "part of the subjects.")
+    p.add_argument("--task", required=True, choices=("hbm", "expansion"))
+    p.add_argument("--data", required=True, nargs="+", help="phantom set folder(s) with truth.csv")
+    p.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors)")
+    p.add_argument("--lesion-weights", help="lesion localizer weights (default: the shipped CT or MRI model)")
+    p.add_argument("--cache", help="keep each subject's localized lesions and features here (reruns reuse them)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="subjects held out to choose the threshold and report validation figures")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 40 expansion, 60 hbm)")
+    p.add_argument("--ssl-epochs", type=int, default=60,
+                   help="expansion: SimSiam pretraining epochs of the CNN encoder on the crops (0 = none)")
+    p.add_argument("--metric-weight", type=float, default=0.3,
+                   help="hbm: weight of the cross-site supervised contrastive term (0 = none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no log lines")
+    p.set_defaults(run=_train_classifier)
     return parser
 
 
@@ -473,6 +494,43 @@ def _evaluate_counts(args) -> int:
     if args.json:
         for message in result.warnings:
             print(f"cmbdet: warning: {message}", file=sys.stderr)
+    return 0
+
+
+def _train_classifier(args) -> int:
+    import json
+
+    import numpy as np
+
+    from cmbdet.classify.samples import build_sample_set, describe_phantom_sets
+    from cmbdet.classify.train import train_expansion, train_hbm
+    from cmbdet.lesions.infer import load_lesion_model
+    from cmbdet.weights import SHIPPED_WEIGHTS_DIR
+
+    log, _ = _training_output(args)
+    for folder in args.data:
+        if not (Path(folder) / "truth.csv").is_file():
+            raise InputError(folder, "not a phantom set (no truth.csv in it)")
+    default = "lesions_ct.safetensors" if args.task == "expansion" else "lesions_mri.safetensors"
+    localizer = load_lesion_model(args.lesion_weights or SHIPPED_WEIGHTS_DIR / default)
+    rng = np.random.default_rng(args.seed)
+    log(f"localizing lesions in {', '.join(args.data)} ...")
+    samples = build_sample_set(args.task, args.data, ct_model=localizer if args.task == "expansion" else None,
+                               mri_model=localizer if args.task == "hbm" else None, cache_dir=args.cache,
+                               progress=lambda i, n, s: log(f"  {i}/{n} {s}") if i % 10 == 0 or i == n else None)
+    if args.task == "expansion":
+        model, report = train_expansion(samples, rng, val_fraction=args.val_fraction, epochs=args.epochs or 40,
+                                        ssl_epochs=args.ssl_epochs, log=log)
+    else:
+        model, report = train_hbm(samples, rng, val_fraction=args.val_fraction, epochs=args.epochs or 60,
+                                  metric_weight=args.metric_weight, log=log)
+    model.metadata.update(seed=args.seed, training_data=describe_phantom_sets(args.data, samples),
+                          validation=report, localizer=Path(args.lesion_weights or default).name,
+                          settings={"epochs": args.epochs, "ssl_epochs": args.ssl_epochs,
+                                    "metric_weight": args.metric_weight, "val_fraction": args.val_fraction})
+    model.save(args.output)
+    log(json.dumps(report))
+    print(f"wrote {args.output} (threshold {model.threshold:.3f})")
     return 0
 
 

@@ -142,9 +142,11 @@ def localize(files: dict[str, Path], ct_model, mri_model):
     return localize_lesions(seqs, mri_model), seqs.reference, seqs.arrays
 
 
-def subject_samples(task: str, subject: PhantomSubject, *, ct_model=None, mri_model=None,
-                    cache_dir: str | Path | None = None, cache_key: str = "") -> dict:
-    """One subject's lesions as arrays (see `SampleSet`), from the cache when present."""
+def subject_features(task: str, subject: PhantomSubject, *, ct_model=None, mri_model=None,
+                     cache_dir: str | Path | None = None, cache_key: str = "") -> dict:
+    """One subject's localized lesions as arrays (crops, radiomics, names, present, volume_ml,
+    n_lesions, lesion_ids, xyz_mm), from the cache when present (features only: labels are read
+    from the truth every time)."""
     cache = None
     if cache_dir is not None:
         key = hashlib.sha256(f"{task}|{cache_key}|{sorted(p.name for p in subject.files.values())}".encode())
@@ -154,26 +156,14 @@ def subject_samples(task: str, subject: PhantomSubject, *, ct_model=None, mri_mo
                 return {k: data[k] for k in data.files}
     lesions, reference, arrays = localize(subject.files, ct_model, mri_model)
     feats: list[LesionFeatures] = lesion_features(task, reference, arrays, lesions)
-    truth_labels, truth_affine, truth = read_truth_map(subject.truth_map)
-    matched = match_reports(lesions.xyz_mm[[f.lesion_id - 1 for f in feats]] if feats else np.zeros((0, 3)),
-                            truth_labels, truth_affine, truth)
-    labels = []
-    for index in range(len(feats)):
-        t = matched.get(index)
-        row = subject.truth_rows.get(truth[t].lesion_id) if t is not None else None
-        labels.append(lesion_label(task, row) if row is not None else -1)
-    subject_label = -1
-    if subject.truth_rows:
-        largest = max(subject.truth_rows.values(), key=lambda r: float(r.get("volume_ml") or 0))
-        subject_label = lesion_label(task, largest)
     out = {
         "crops": np.stack([f.crop for f in feats]) if feats else np.zeros((0, 6, CROP_PIXELS, CROP_PIXELS), np.float32),
         "radiomics": np.stack([f.radiomics for f in feats]) if feats else np.zeros((0, 0)),
         "names": np.array(feats[0].names if feats else [], dtype=str),
         "present": np.stack([f.present for f in feats]) if feats else np.zeros((0, 5)),
         "volume_ml": np.array([f.volume_ml for f in feats]), "n_lesions": np.array([f.n_lesions for f in feats]),
-        "labels": np.array(labels, int), "lesion_ids": np.array([f.lesion_id for f in feats], int),
-        "subject_label": np.array(subject_label), "site": np.array(subject.site),
+        "lesion_ids": np.array([f.lesion_id for f in feats], int),
+        "xyz_mm": lesions.xyz_mm[[f.lesion_id - 1 for f in feats]] if feats else np.zeros((0, 3)),
     }
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +171,23 @@ def subject_samples(task: str, subject: PhantomSubject, *, ct_model=None, mri_mo
         np.savez_compressed(tmp, **out)
         tmp.replace(cache)
     return out
+
+
+def label_subject(task: str, subject: PhantomSubject, xyz_mm: np.ndarray) -> tuple[np.ndarray, int]:
+    """(labels of the reported lesions (N,) 1/0, -1 when a report matches no truth lesion; the
+    subject's label, -1 when it has no truth lesion)."""
+    truth_labels, truth_affine, truth = read_truth_map(subject.truth_map)
+    matched = match_reports(xyz_mm, truth_labels, truth_affine, truth)
+    labels = []
+    for index in range(len(xyz_mm)):
+        t = matched.get(index)
+        row = subject.truth_rows.get(truth[t].lesion_id) if t is not None else None
+        labels.append(lesion_label(task, row) if row is not None else -1)
+    subject_label = -1
+    if subject.truth_rows:
+        largest = max(subject.truth_rows.values(), key=lambda r: float(r.get("volume_ml") or 0))
+        subject_label = lesion_label(task, largest)
+    return np.array(labels, int), subject_label
 
 
 def build_sample_set(task: str, folders: list[str | Path], *, ct_model=None, mri_model=None,
@@ -192,11 +199,13 @@ def build_sample_set(task: str, folders: list[str | Path], *, ct_model=None, mri
     parts, subject_labels, subject_sites = [], {}, {}
     subjects = [s for folder in folders for s in phantom_subjects(folder, task)]
     for index, subject in enumerate(subjects, start=1):
-        data = subject_samples(task, subject, ct_model=ct_model, mri_model=mri_model, cache_dir=cache_dir,
-                               cache_key=cache_key)
-        if int(data["subject_label"]) >= 0:
-            subject_labels[subject.subject] = int(data["subject_label"])
-        subject_sites[subject.subject] = str(data["site"])
+        data = subject_features(task, subject, ct_model=ct_model, mri_model=mri_model, cache_dir=cache_dir,
+                                cache_key=cache_key)
+        data["labels"], subject_label = label_subject(task, subject, data["xyz_mm"])
+        data["site"] = subject.site
+        if subject_label >= 0:
+            subject_labels[subject.subject] = subject_label
+        subject_sites[subject.subject] = subject.site
         parts.append((subject.subject, data))
         if progress is not None:
             progress(index, len(subjects), subject.subject)
@@ -215,3 +224,13 @@ def build_sample_set(task: str, folders: list[str | Path], *, ct_model=None, mri
         sites=np.concatenate([[str(d["site"])] * len(d["labels"]) for _, d in nonempty]),
         lesion_ids=np.concatenate([d["lesion_ids"] for _, d in nonempty]),
         subject_labels=subject_labels, subject_sites=subject_sites)
+
+
+def describe_phantom_sets(folders: list[str | Path], samples: SampleSet) -> dict:
+    """What a classifier was trained on, for its weights' metadata (folder names, families/sites,
+    counts; never a path on the training machine)."""
+    return {"sources": [Path(f).name for f in folders],
+            "sites": sorted(set(samples.subject_sites.values())),
+            "n_subjects": len(samples.subject_sites), "n_lesions_localized": len(samples),
+            "n_lesions_labelled": int((samples.labels >= 0).sum()),
+            "n_positive": int((samples.labels == 1).sum())}
