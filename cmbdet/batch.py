@@ -323,8 +323,9 @@ def input_hashes(subject: Subject) -> tuple[str, ...] | None:
 class SubjectRecord:
     """What one subject's run produced; saved last, as ``<subject>/<subject>_<job>-record.json``.
 
-    ``counts``: its ``counts.csv`` row. ``rows``: its rows of the per-finding table. ``files``: the
-    files written (relative to OUTDIR). ``settings_id``: hash of the run settings it was made with.
+    ``counts``: its ``counts.csv`` row. ``rows``: its rows of the per-finding table. ``extra_rows``:
+    its rows of any further table of the job, by table name. ``files``: the files written (relative
+    to OUTDIR). ``settings_id``: hash of the run settings it was made with.
     """
 
     subject: str
@@ -337,6 +338,7 @@ class SubjectRecord:
     counts: dict = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    extra_rows: dict[str, list[dict]] = field(default_factory=dict)
 
     def complete_in(self, outdir: Path) -> bool:
         return all((outdir / f).is_file() for f in self.files.values())
@@ -352,7 +354,8 @@ class SubjectJob(Protocol):
     #: Short name used in file names (``<subject>_<name>-record.json``).
     name: str
     #: Table name -> its leading columns, e.g. ``{"detections.csv": (...), "counts.csv": (...)}``;
-    #: the first table is filled from `SubjectRecord.rows`, the second from `SubjectRecord.counts`.
+    #: the first table is filled from `SubjectRecord.rows`, the second from `SubjectRecord.counts`,
+    #: any further one from `SubjectRecord.extra_rows` under its name.
     tables: dict[str, tuple[str, ...]]
 
     def settings(self) -> dict: ...
@@ -491,8 +494,10 @@ def run_batch(
 
 
 def _subject_summary(record: SubjectRecord) -> dict:
-    return {"subject": record.subject, "input": ";".join(record.inputs), "status": record.status,
-            "n_cmb": record.counts.get("n_cmb", ""), "seconds": round(record.seconds, 2), "message": record.message}
+    """A subject's entry in run.json: status, its counts (``n_cmb``, ``n_lesions``, ...), time, message."""
+    counts = {k: v for k, v in record.counts.items() if k not in ("subject", "status", "message", "input")}
+    return {"subject": record.subject, "input": ";".join(record.inputs), "status": record.status, **counts,
+            "seconds": round(record.seconds, 2), "message": record.message}
 
 
 def _check_run_settings(outdir: Path, settings: dict, overwrite: bool) -> dict:
@@ -570,13 +575,16 @@ class _TableWriter:
 
 
 def write_tables(outdir: Path, tables: dict[str, tuple[str, ...]], records: Iterable[SubjectRecord]) -> None:
-    """The per-finding table (from ``rows``) and the per-subject table (from ``counts``), by subject."""
+    """The per-finding table (from ``rows``), the per-subject table (from ``counts``) and any further
+    table (from ``extra_rows``), by subject."""
     from cmbdet.outputs import write_csv_atomic
 
     ordered = sorted(records, key=lambda r: r.subject)
-    (rows_name, rows_columns), (counts_name, counts_columns) = list(tables.items())[:2]
+    (rows_name, rows_columns), (counts_name, counts_columns), *further = list(tables.items())
     write_csv_atomic(outdir / rows_name, [row for r in ordered for row in r.rows], rows_columns)
     write_csv_atomic(outdir / counts_name, [r.counts for r in ordered], counts_columns)
+    for name, columns in further:
+        write_csv_atomic(outdir / name, [row for r in ordered for row in r.extra_rows.get(name, [])], columns)
 
 
 # --- executors ----------------------------------------------------------------------------------

@@ -88,15 +88,7 @@ def _parser() -> argparse.ArgumentParser:
                         "last or a 0-based index")
     p.add_argument("--no-pictures", action="store_true", help="skip the review PNGs (faster)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: CUDA when present)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="run N subjects at a time in local worker processes (default 1: in this process)")
-    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="run subjects as Ray tasks: on the cluster at ADDRESS (e.g. ray://head:10001), or without "
-                        "ADDRESS on the cluster of $RAY_ADDRESS or a local Ray instance; needs pip install "
-                        "'cmbdet[ray]' and inputs/OUTDIR on a filesystem all nodes see")
-    p.add_argument("--overwrite", action="store_true",
-                   help="redo every subject, also when OUTDIR holds a run with other settings")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-subject lines")
+    _add_batch_options(p)
     p.set_defaults(run=_detect)
 
     p = sub.add_parser("rescore", parents=[common], help="apply another threshold to a finished detect run",
@@ -151,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="use the classical peer (density/signal threshold + components) instead of the network")
     p.add_argument("--no-pictures", action="store_true", help="skip the review PNGs")
     p.add_argument("--device", help="torch device (default: CUDA when present)")
+    _add_batch_options(p)
     p.set_defaults(run=_lesions)
 
     p = sub.add_parser("evaluate", parents=[common], help="score detections against a reference",
@@ -244,6 +237,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_batch_options(p: argparse.ArgumentParser) -> None:
+    """The options of the shared batch runner (`cmbdet.batch.run_batch`): workers, Ray, overwrite, quiet."""
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N subjects at a time in local worker processes (default 1: in this process)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run subjects as Ray tasks: on the cluster at ADDRESS (e.g. ray://head:10001), or without "
+                        "ADDRESS on the cluster of $RAY_ADDRESS or a local Ray instance; needs pip install "
+                        "'cmbdet[ray]' and inputs/OUTDIR on a filesystem all nodes see")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo every subject, also when OUTDIR holds a run with other settings")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-subject lines")
+
+
+def _where(args) -> str:
+    return (f"Ray {args.ray or '(local or $RAY_ADDRESS)'}" if args.ray is not None
+            else f"{args.workers} worker process(es)" if args.workers > 1 else "1 process")
+
+
 def _detect(args) -> int:
     from cmbdet.batch import collect_inputs, progress_printer, run_batch
     from cmbdet.pipeline import DetectJob
@@ -264,10 +275,8 @@ def _detect(args) -> int:
     settings = job.settings()
     if not args.quiet:
         stages = "stage 1 + stage 2" if settings["stage2"] else "stage 1 only"
-        where = (f"Ray {args.ray or '(local or $RAY_ADDRESS)'}" if args.ray is not None
-                 else f"{args.workers} worker process(es)" if args.workers > 1 else "1 process")
         print(f"cmbdet {__version__}: {len(found.subjects)} subject(s), {stages}, threshold "
-              f"{settings['threshold']:.2f}, {where}", file=sys.stderr)
+              f"{settings['threshold']:.2f}, {_where(args)}", file=sys.stderr)
 
     def describe(record) -> str:
         return f"{record.counts.get('n_cmb', 0)} CMB" if record.status == "ok" else f"ERROR: {record.message}"
@@ -415,37 +424,42 @@ def _phantom_hemorrhage(args) -> int:
 
 
 def _lesions(args) -> int:
-    from cmbdet.lesions.infer import load_lesion_model
-    from cmbdet.lesions.run import lesions_batch, plan_inputs
+    from cmbdet.batch import progress_printer, run_batch
+    from cmbdet.lesions.run import LesionsJob, lesion_subjects, plan_inputs
 
-    units = plan_inputs(args.inputs, args.modality)
-    if not units:
+    if args.workers < 1:
+        raise InputError(None, "--workers must be at least 1")
+    subjects = lesion_subjects(plan_inputs(args.inputs, args.modality, exclude=[args.outdir]))
+    if not subjects:
         raise InputError(None, "no input scans found")
-    ct_model = mri_model = None
-    if not args.classical:
-        if any(u.modality == "ct" for u in units):
-            ct_model = load_lesion_model(args.weights, device=args.device)
-        if any(u.modality == "mri" for u in units):
-            from cmbdet.weights import SHIPPED_WEIGHTS_DIR
+    job = LesionsJob(args.weights, args.mri_weights, modality=args.modality, classical=args.classical,
+                     pictures=not args.no_pictures, crops=args.crops, device=args.device)
+    weights = job.settings()["weights"]
+    if not args.quiet:
+        method = ("classical peer" if args.classical else
+                  f"network (CT{'' if weights['ct'] else ': none'}, MRI{'' if weights['mri'] else ': classical peer'})")
+        print(f"cmbdet {__version__} lesions: {len(subjects)} subject(s), {method}, {_where(args)}", file=sys.stderr)
 
-            shipped = SHIPPED_WEIGHTS_DIR / "lesions_mri.safetensors"
-            path = args.mri_weights or (shipped if shipped.exists() else None)
-            mri_model = load_lesion_model(path, device=args.device) if path else None
-    method = "classical peer" if args.classical else "network"
-    print(f"cmbdet {__version__} lesions: {len(units)} input(s), {method}", file=sys.stderr)
+    def describe(record) -> str:
+        if record.status != "ok":
+            return f"ERROR: {record.message}"
+        # "modality auto: CT (HU range ...)" -> "CT (auto): "; the reason is in counts.csv
+        auto = record.message.startswith("modality auto: ")
+        kind = f"{record.message[len('modality auto: '):].split(' ')[0]} (auto): " if auto else ""
+        return f"{kind}{record.counts['n_lesions']} lesion(s), {float(record.counts['total_volume_ml']):.1f} mL"
 
-    def progress(index: int, total: int, result) -> None:
-        what = (f"{result.modality}: {result.n_lesions} lesion(s), {result.total_volume_ml:.1f} mL"
-                if result.status == "ok" else f"ERROR: {result.message}")
-        print(f"[{index}/{total}] {result.subject}: {what} ({result.seconds:.1f} s)", file=sys.stderr)
-        if result.status == "ok" and result.message.startswith("modality auto"):
-            print(f"    {result.message.split(';')[0]}", file=sys.stderr)
-
-    results = lesions_batch(units, args.outdir, ct_model=ct_model, mri_model=mri_model, classical=args.classical,
-                            pictures=not args.no_pictures, crops=args.crops, progress=progress)
-    failed = sum(r.status != "ok" for r in results)
-    print(f"wrote {Path(args.outdir) / 'lesions.csv'} and counts.csv; {len(results) - failed} ok, {failed} failed",
-          file=sys.stderr)
+    progress, close = progress_printer(len(subjects), quiet=args.quiet, describe=describe)
+    try:
+        result = run_batch(job, subjects, args.outdir, workers=args.workers, use_ray=args.ray is not None,
+                           ray_address=args.ray or None, overwrite=args.overwrite, progress=progress)
+    finally:
+        close()
+    failed = len(result.failed)
+    if not args.quiet:
+        done_before = f", {result.skipped_done} already done" if result.skipped_done else ""
+        cleaned = f", {len(result.cleaned)} stale temp file(s) removed" if result.cleaned else ""
+        print(f"wrote {Path(args.outdir) / 'lesions.csv'} and counts.csv; {len(result.records) - failed} ok, "
+              f"{failed} failed{done_before}{cleaned}", file=sys.stderr)
     return 1 if failed else 0
 
 

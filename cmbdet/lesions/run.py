@@ -1,33 +1,42 @@
-"""``cmbdet lesions``: plan the inputs (CT files one by one, MRI files grouped per subject), run the
-lesion localizer on each, and write the outputs.
+"""``cmbdet lesions``: plan the inputs (CT files one by one, MRI files grouped per subject), and run
+the lesion localizer on each subject through the shared batch runner (`cmbdet.batch.run_batch`:
+resume, worker processes, Ray, status rows), as ``cmbdet detect`` does.
 
 Outputs in OUTDIR: ``lesions.csv`` (one row per lesion), ``counts.csv`` (one row per input unit,
 ``status`` ok/error), ``run.json``; per subject ``<subject>/<subject>_desc-hemorrhage_dseg.nii.gz``
 (label map in the input's exact grid; MRI: the reference sequence's), its JSON sidecar, a review
-PNG and, with ``crops``, ``<subject>/crops/`` plus ``crops.csv``. Tables are rewritten atomically
-after every subject; one bad input never stops the others.
+PNG, ``<subject>_lesions-record.json`` (written last) and, with ``crops``, ``<subject>/crops/`` plus
+``crops.csv``. One bad input never stops the others.
 
-The loop is deliberately thin over reusable pieces (`plan_inputs`, `process_unit`, the writers in
-`cmbdet.outputs`/`cmbdet.atomic`) so that it can move onto the shared batch runner (resume,
-executors) when that lands.
+Reusable pieces (also for the crop classifier): `plan_inputs` (inputs -> `LesionUnit`s),
+`localize_unit` (read + localize one unit, nothing written) and `write_lesion_outputs` (its files).
+
+    from cmbdet.lesions.run import localize_unit, plan_inputs
+    for unit in plan_inputs(["ct_folder/"]):
+        lesions, reference, arrays, reference_name, notes = localize_unit(unit, ct_model=model, mri_model=None)
 """
 
 from __future__ import annotations
 
 import json
-import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
 
 from cmbdet import __version__
 from cmbdet.atomic import write_text_atomic
+from cmbdet.batch import Subject, SubjectRecord, sha256_file
 from cmbdet.errors import InputError
 from cmbdet.lesions.result import LESION_COLUMNS, Lesions
-from cmbdet.outputs import write_csv_atomic
 from cmbdet.training_data import subject_from_filename
-from cmbdet.volume import write_like_source
+from cmbdet.volume import Volume, write_like_source
+
+if TYPE_CHECKING:
+    from cmbdet.lesions.infer import LesionModel
 
 COUNT_COLUMNS = ("subject", "n_lesions", "total_volume_ml", "status", "message", "input")
 CROP_COLUMNS = ("subject", "lesion_id", "sequence", "kind", "path")
@@ -49,32 +58,24 @@ class LesionUnit:
         return ";".join(str(p) for p in self.files.values())
 
 
-@dataclass
-class LesionResult:
-    subject: str
-    status: str
-    message: str = ""
-    n_lesions: int = 0
-    total_volume_ml: float = 0.0
-    seconds: float = 0.0
-    modality: str = ""
-    row: dict = field(default_factory=dict)
-
-
-def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto") -> list[LesionUnit]:
-    """Files, folders and list files -> units; ``auto`` decides CT or MRI per file from its values."""
-    from cmbdet.batch import _is_nifti, _read_list
+def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto", *,
+                exclude: Sequence[str | Path] = ()) -> list[LesionUnit]:
+    """Files, folders and list files -> units; ``auto`` decides CT or MRI per file from its values.
+    Files found in a folder under an ``exclude`` folder (the output folder) are never inputs."""
+    from cmbdet.batch import _is_nifti, _read_list, _under
     from cmbdet.lesions.ct import guess_modality
     from cmbdet.lesions.mri import group_mri_files
 
     if modality not in MODALITIES:
         raise InputError(None, f"unknown modality {modality!r} (choose auto, ct or mri)")
+    excluded = [Path(e).resolve() for e in exclude]
     files: list[Path] = []
     folder_of: dict[Path, Path] = {}
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_nifti(p) and not p.name.startswith("."))
+            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_nifti(p) and not p.name.startswith(".")
+                           and not _under(p, excluded))
             if not found:
                 warnings.warn(f"{path}: folder holds no .nii/.nii.gz file", stacklevel=2)
             for p in found:
@@ -116,119 +117,262 @@ def _is_subject_folder(folder: Path, folder_of: dict[Path, Path]) -> bool:
     return "sub-" in folder.name or all("sub" not in entities(p) for p in members)
 
 
-def process_unit(unit: LesionUnit, outdir: Path, *, ct_model, mri_model=None, classical: bool = False,
-                 pictures: bool = True, crops: bool = False) -> tuple[Lesions, list[dict], list[str]]:
-    """Run one unit and write its per-subject files. Returns (lesions, crop rows, notes)."""
+
+
+# --- one unit: localize, then write -------------------------------------------------------------
+
+
+def localize_unit(unit: LesionUnit, *, ct_model: LesionModel | None, mri_model: LesionModel | None = None,
+                  classical: bool = False) -> tuple[Lesions, Volume, dict[str, np.ndarray], str, list[str]]:
+    """Read one unit and localize its lesions; nothing is written.
+
+    Returns (lesions on the reference's canonical grid, the reference `Volume` (CT: the scan; MRI: the
+    reference sequence, see `cmbdet.lesions.mri`), every sequence as an (I, J, K) float32 array on
+    that grid by name (CT: ``{"ct": HU}``), the reference's name, notes on how it was read (warnings
+    raised while reading included)). ``classical`` (or an MRI unit without ``mri_model``) runs the
+    classical peer; a CT unit needs ``ct_model`` otherwise. Raises `InputError` for a bad unit.
+    """
     from cmbdet.lesions.ct import load_ct_volume
     from cmbdet.lesions.infer import classical_ct_lesions, localize_lesions
     from cmbdet.lesions.mri import classical_mri_lesions, load_sequence_set
-    from cmbdet.lesions.review import write_lesion_crops, write_lesion_review
 
     if unit.error:
         raise InputError(None, unit.error)
     notes = list(unit.notes)
-    folder = outdir / unit.subject
-    if unit.modality == "ct":
-        volume = load_ct_volume(unit.files["ct"])
-        lesions = classical_ct_lesions(volume) if classical else localize_lesions(volume, ct_model)
-        reference, arrays, reference_name = volume, {"ct": volume.data}, "ct"
-        notes.extend(volume.notes)
-    else:
-        seqs = load_sequence_set(unit.files)
-        if classical or mri_model is None:
-            if not classical:
-                notes.append("no MRI lesion network available: the classical peer (dark on SWI/T2*) was used")
-            lesions = classical_mri_lesions(seqs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if unit.modality == "ct":
+            volume = load_ct_volume(unit.files["ct"])
+            if not classical and ct_model is None:
+                raise ValueError("localize_unit: a CT unit needs ct_model (or classical=True)")
+            lesions = classical_ct_lesions(volume) if classical else localize_lesions(volume, ct_model)
+            reference, arrays, reference_name = volume, {"ct": volume.data}, "ct"
+            notes.extend(volume.notes)
         else:
-            lesions = localize_lesions(seqs, mri_model)
-        reference, arrays, reference_name = seqs.reference, seqs.arrays, seqs.reference_name
-        notes.extend(seqs.notes)
-    label_path = folder / f"{unit.subject}_desc-hemorrhage_dseg.nii.gz"
-    write_like_source(reference, lesions.labels, label_path)
+            seqs = load_sequence_set(unit.files)
+            if classical or mri_model is None:
+                if not classical:
+                    notes.append("no MRI lesion network available: the classical peer (dark on SWI/T2*) was used")
+                lesions = classical_mri_lesions(seqs)
+            else:
+                lesions = localize_lesions(seqs, mri_model)
+            reference, arrays, reference_name = seqs.reference, seqs.arrays, seqs.reference_name
+            notes.extend(seqs.notes)
+    notes.extend(str(w.message) for w in caught if str(w.message) not in notes)
+    return lesions, reference, arrays, reference_name, notes
+
+
+def subject_files(subject: str) -> dict[str, str]:
+    """The per-subject files of a lesion run (crops aside), relative to OUTDIR."""
+    return {
+        "label_map": f"{subject}/{subject}_desc-hemorrhage_dseg.nii.gz",
+        "sidecar": f"{subject}/{subject}_desc-hemorrhage_dseg.json",
+        "review": f"{subject}/{subject}_lesions.png",
+    }
+
+
+def write_lesion_outputs(unit: LesionUnit, outdir: Path, lesions: Lesions, reference: Volume,
+                         arrays: dict[str, np.ndarray], reference_name: str, notes: list[str], *,
+                         pictures: bool = True, crops: bool = False, model_summary: dict | None = None
+                         ) -> tuple[dict[str, str], list[dict]]:
+    """Write one unit's label map (in the reference input's grid), JSON sidecar, review PNG (with
+    ``pictures``) and per-lesion crops (with ``crops``; earlier crops of the subject are removed).
+
+    ``model_summary``: the network's settings (`model_summary`), empty/None when the classical peer
+    ran. Returns (the files written relative to OUTDIR, by name; the crops' ``crops.csv`` rows).
+    """
+    from cmbdet.lesions.review import write_lesion_crops, write_lesion_review
+
+    outdir = Path(outdir)
+    names = subject_files(unit.subject)
+    write_like_source(reference, lesions.labels, outdir / names["label_map"])
     sidecar = {
         "cmbdet_version": __version__, "modality": unit.modality,
         "inputs": {name: str(path) for name, path in unit.files.items()},
         "reference": {"sequence": reference_name, "path": str(reference.path)},
         "read": notes,
-        "method": "classical" if classical or (unit.modality == "mri" and mri_model is None) else "network",
-        "model": _model_summary(ct_model if unit.modality == "ct" else mri_model),
+        "method": "network" if model_summary else "classical",
+        "model": model_summary or {},
         "n_lesions": len(lesions), "labels": "lesion n painted with value n (lesions.csv lesion_id)",
     }
-    write_text_atomic(label_path.with_name(label_path.name.replace(".nii.gz", ".json")), json.dumps(sidecar, indent=1))
+    write_text_atomic(outdir / names["sidecar"], json.dumps(sidecar, indent=1))
+    files = {k: names[k] for k in ("label_map", "sidecar")}
     if pictures:
-        write_lesion_review(reference, lesions, unit.subject, folder / f"{unit.subject}_lesions.png",
-                            ct=unit.modality == "ct")
-    crop_rows = write_lesion_crops(arrays, reference, lesions, unit.subject, folder / "crops") if crops else []
+        write_lesion_review(reference, lesions, unit.subject, outdir / names["review"], ct=unit.modality == "ct")
+        files["review"] = names["review"]
+    crop_rows: list[dict] = []
+    if crops:
+        folder = outdir / unit.subject / "crops"
+        for stale in folder.glob(f"{unit.subject}_lesion-*.nii.gz"):
+            stale.unlink()
+        crop_rows = write_lesion_crops(arrays, reference, lesions, unit.subject, folder)
+        for row in crop_rows:
+            relative = Path(row["path"]).relative_to(outdir).as_posix()
+            files[f"crop:{Path(relative).name}"] = relative
+    return files, crop_rows
+
+
+def process_unit(unit: LesionUnit, outdir: Path, *, ct_model, mri_model=None, classical: bool = False,
+                 pictures: bool = True, crops: bool = False) -> tuple[Lesions, list[dict], list[str]]:
+    """`localize_unit` then `write_lesion_outputs`. Returns (lesions, crop rows, notes)."""
+    lesions, reference, arrays, reference_name, notes = localize_unit(unit, ct_model=ct_model, mri_model=mri_model,
+                                                                      classical=classical)
+    used = None if classical else ct_model if unit.modality == "ct" else mri_model
+    _, crop_rows = write_lesion_outputs(unit, Path(outdir), lesions, reference, arrays, reference_name, notes,
+                                        pictures=pictures, crops=crops, model_summary=model_summary(used))
     return lesions, crop_rows, notes
 
 
-def _model_summary(model) -> dict:
+def model_summary(model: LesionModel | None) -> dict:
+    """What the sidecar says about the network ({} when none ran)."""
     if model is None:
         return {}
     return {"modality": model.modality, "threshold": model.threshold, "min_ml": model.min_ml,
             "spacing_mm": model.spacing_mm, "steps": model.metadata.get("steps")}
 
 
-def lesions_batch(units: Sequence[LesionUnit], outdir: str | Path, *, ct_model=None, mri_model=None,
-                  classical: bool = False, pictures: bool = True, crops: bool = False,
-                  progress: Callable[[int, int, LesionResult], None] | None = None) -> list[LesionResult]:
-    """Run every unit; write the tables after each one (see module docstring)."""
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    lesion_rows: list[dict] = []
-    count_rows: list[dict] = []
-    crop_rows: list[dict] = []
-    results: list[LesionResult] = []
-    for index, unit in enumerate(_unique(units), start=1):
-        started = time.perf_counter()
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                lesions, crops_written, notes = process_unit(unit, outdir, ct_model=ct_model, mri_model=mri_model,
-                                                             classical=classical, pictures=pictures, crops=crops)
-            message = "; ".join([*notes, *(str(w.message) for w in caught)])
-            lesion_rows.extend(lesions.to_rows(unit.subject))
-            crop_rows.extend(crops_written)
-            row = {"subject": unit.subject, "n_lesions": len(lesions),
-                   "total_volume_ml": round(lesions.total_volume_ml, 3), "status": "ok", "message": message,
-                   "input": unit.input}
-            result = LesionResult(unit.subject, "ok", message, len(lesions), lesions.total_volume_ml,
-                                  time.perf_counter() - started, unit.modality, row)
-        except InputError as err:
-            message = str(err) if err.path is not None or unit.error or not unit.files else f"{unit.input}: {err}"
-            row = {"subject": unit.subject, "n_lesions": "", "total_volume_ml": "", "status": "error",
-                   "message": message, "input": unit.input}
-            result = LesionResult(unit.subject, "error", message, seconds=time.perf_counter() - started,
-                                  modality=unit.modality, row=row)
-        except Exception as err:  # a bug or an unforeseen file: report it, go on with the others
-            message = f"{unit.input}: unexpected {type(err).__name__}: {err}"
-            row = {"subject": unit.subject, "n_lesions": "", "total_volume_ml": "", "status": "error",
-                   "message": message, "input": unit.input}
-            result = LesionResult(unit.subject, "error", message, seconds=time.perf_counter() - started,
-                                  modality=unit.modality, row=row)
-        count_rows.append(row)
-        results.append(result)
-        write_csv_atomic(outdir / "lesions.csv", lesion_rows, LESION_COLUMNS)
-        write_csv_atomic(outdir / "counts.csv", count_rows, COUNT_COLUMNS)
-        if crops:
-            write_csv_atomic(outdir / "crops.csv", crop_rows, CROP_COLUMNS)
-        if progress is not None:
-            progress(index, len(units), result)
-    record = {"cmbdet_version": __version__, "command": "lesions", "classical": classical,
-              "ct_model": _model_summary(ct_model), "mri_model": _model_summary(mri_model),
-              "subjects": [{"subject": r.subject, "modality": r.modality, "status": r.status,
-                            "n_lesions": r.n_lesions, "total_volume_ml": round(r.total_volume_ml, 3),
-                            "seconds": round(r.seconds, 2), "message": r.message} for r in results]}
-    write_text_atomic(outdir / "run.json", json.dumps(record, indent=1))
-    return results
+# --- the batch: units as the runner's subjects, and the per-subject job -------------------------
 
 
-def _unique(units: Sequence[LesionUnit]) -> list[LesionUnit]:
-    seen: dict[str, int] = {}
+@dataclass(frozen=True)
+class LesionSubject(Subject):
+    """A `LesionUnit` as a `cmbdet.batch.Subject`: ``paths`` are all the unit's files (hashed for
+    resume), ``unit`` what to run."""
+
+    unit: LesionUnit = field(default=None, compare=False)  # type: ignore[assignment]
+
+
+def lesion_subjects(units: Sequence[LesionUnit]) -> list[LesionSubject]:
+    """The units as the batch runner's subjects. Two units with one subject id are refused (an
+    `InputError` naming both inputs) before any work starts, as ``cmbdet detect`` does."""
+    seen: dict[str, LesionUnit] = {}
     for unit in units:
-        seen[unit.subject] = seen.get(unit.subject, 0) + 1
-        if seen[unit.subject] > 1:
-            warnings.warn(f"{unit.input}: subject id {unit.subject!r} repeats in this batch; written as "
-                          f"{unit.subject}-{seen[unit.subject]}", stacklevel=3)
-            unit.subject = f"{unit.subject}-{seen[unit.subject]}"
-    return list(units)
+        if unit.subject in seen:
+            raise InputError(None, f"subject id {unit.subject!r} is given twice: {seen[unit.subject].input} and "
+                                   f"{unit.input}; give each scan a distinct file name (e.g. BIDS sub-/ses-), or "
+                                   "one subject's MRI sequences in one folder")
+        seen[unit.subject] = unit
+    return [LesionSubject(unit.subject, tuple(unit.files.values()), unit) for unit in units]
+
+
+@dataclass
+class LesionsJob:
+    """`cmbdet.batch.SubjectJob` for hemorrhagic lesions: localize a unit (`localize_unit`), write its
+    files (`write_lesion_outputs`); its rows of ``lesions.csv``, ``counts.csv`` (and ``crops.csv``)
+    go into its record. The networks are loaded on the first subject that needs them (once per
+    worker) and never pickled.
+
+    ``ct_weights``/``mri_weights``: weights files (None: the shipped ones; MRI without shipped
+    weights runs the classical peer). ``modality``: the modality choice of `plan_inputs`.
+    """
+
+    ct_weights: str | Path | None = None
+    mri_weights: str | Path | None = None
+    modality: str = "auto"
+    classical: bool = False
+    pictures: bool = True
+    crops: bool = False
+    device: str | None = None
+    _models: dict = field(default_factory=dict, repr=False, compare=False)
+    _settings: dict | None = field(default=None, repr=False, compare=False)
+
+    name: ClassVar[str] = "lesions"
+
+    def __getstate__(self) -> dict:  # models are never pickled: each worker loads its own
+        return {**self.__dict__, "_models": {}}
+
+    @property
+    def tables(self) -> dict[str, tuple[str, ...]]:
+        crops = {"crops.csv": CROP_COLUMNS} if self.crops else {}
+        return {"lesions.csv": LESION_COLUMNS, "counts.csv": COUNT_COLUMNS, **crops}
+
+    def weight_files(self) -> dict[str, Path | None]:
+        """``ct``/``mri`` -> the weights file a network of that modality runs with (None: no
+        network; with ``classical`` both are None). A given file must be lesion weights of its
+        modality (read from its header, no torch); a missing shipped CT file is None here and an
+        error for each CT subject."""
+        from cmbdet.lesions.infer import SHIPPED_CT
+        from cmbdet.weights import SHIPPED_WEIGHTS_DIR, read_metadata
+
+        if self.classical:
+            return {"ct": None, "mri": None}
+        out: dict[str, Path | None] = {}
+        for modality, given, shipped in (("ct", self.ct_weights, SHIPPED_CT), ("mri", self.mri_weights,
+                                                                               "lesions_mri.safetensors")):
+            path = Path(given) if given else SHIPPED_WEIGHTS_DIR / shipped
+            if not given and not path.is_file():
+                out[modality] = None
+                continue
+            meta = read_metadata(path)
+            if meta.get("kind") != "lesions" or str(meta.get("modality", "ct")) != modality:
+                raise InputError(path, f"not {modality.upper()} lesion-model weights (kind {meta.get('kind')!r}, "
+                                       f"modality {meta.get('modality')!r})")
+            out[modality] = path
+        return out
+
+    def settings(self) -> dict:
+        """What a run's results depend on (a rerun with other settings is refused): the weights'
+        SHA-256, the modality choice, classical or not, crops or not and the cmbdet version.
+        Cheap: no model is loaded."""
+        if self._settings is None:
+            self._settings = {
+                "cmbdet_version": __version__,
+                "command": "lesions",
+                "weights": {k: None if f is None else sha256_file(f) for k, f in self.weight_files().items()},
+                "modality": self.modality,
+                "classical": bool(self.classical),
+                "crops": bool(self.crops),
+            }
+        return self._settings
+
+    def settings_id(self) -> str:
+        from cmbdet.batch import settings_id
+
+        return settings_id(self.settings())
+
+    def model(self, modality: str) -> LesionModel | None:
+        """The network for ``ct``/``mri`` units (None: the classical peer runs), loaded once."""
+        if modality not in self._models:
+            from cmbdet.lesions.infer import SHIPPED_CT, load_lesion_model
+            from cmbdet.weights import shipped_weights
+
+            path = self.weight_files().get(modality)
+            if path is None and modality == "ct" and not self.classical:
+                path = shipped_weights(SHIPPED_CT)  # raises: the shipped CT weights are missing
+            self._models[modality] = None if path is None else load_lesion_model(path, device=self.device)
+        return self._models[modality]
+
+    def run(self, subject: Subject, outdir: Path) -> SubjectRecord:
+        unit = _unit_of(subject)
+        try:
+            model = None if unit.error or self.classical else self.model(unit.modality)
+            lesions, reference, arrays, reference_name, notes = localize_unit(
+                unit, ct_model=model if unit.modality == "ct" else None,
+                mri_model=model if unit.modality == "mri" else None, classical=self.classical)
+        except InputError as err:
+            if err.path is None and not unit.error:
+                raise InputError(unit.input, err.problem) from None
+            raise
+        files, crop_rows = write_lesion_outputs(unit, outdir, lesions, reference, arrays, reference_name, notes,
+                                                pictures=self.pictures, crops=self.crops,
+                                                model_summary=model_summary(model))
+        message = "; ".join(notes)
+        counts = {"subject": unit.subject, "n_lesions": len(lesions),
+                  "total_volume_ml": round(lesions.total_volume_ml, 3), "status": "ok", "message": message,
+                  "input": unit.input}
+        return SubjectRecord(subject=unit.subject, inputs=[str(p) for p in subject.paths], input_sha256=None,
+                             settings_id=self.settings_id(), status="ok", message=message, counts=counts,
+                             rows=lesions.to_rows(unit.subject), files=files,
+                             extra_rows={"crops.csv": crop_rows} if self.crops else {})
+
+    def error_record(self, subject: Subject, message: str) -> SubjectRecord:
+        counts = {"subject": subject.subject, "n_lesions": "", "total_volume_ml": "", "status": "error",
+                  "message": message, "input": subject.input_label}
+        return SubjectRecord(subject=subject.subject, inputs=[str(p) for p in subject.paths], input_sha256=None,
+                             settings_id=self.settings_id(), status="error", message=message, counts=counts)
+
+
+def _unit_of(subject: Subject) -> LesionUnit:
+    if not isinstance(subject, LesionSubject) or subject.unit is None:
+        raise TypeError("LesionsJob runs LesionSubjects (see lesion_subjects), not plain Subjects")
+    return subject.unit
