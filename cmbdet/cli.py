@@ -146,6 +146,31 @@ def _parser() -> argparse.ArgumentParser:
     _add_batch_options(p)
     p.set_defaults(run=_lesions)
 
+    p = sub.add_parser("classify", parents=[common], help="classify localized lesions (hbm or expansion)",
+                       description="Localize each input's hemorrhagic lesions (or reuse an earlier `cmbdet lesions` "
+                                   "run with --lesions) and classify every lesion: --task hbm (multi-sequence MRI: "
+                                   "hemorrhagic metastasis vs non-neoplastic hematoma) or --task expansion (baseline "
+                                   "non-contrast CT: early hematoma expansion, >= 6 mL or >= 33 %% growth). Writes "
+                                   "classification.csv (per lesion + a subject row), counts.csv and the lesion "
+                                   "label maps.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help=".nii/.nii.gz files, folders (a folder per subject for MRI) or text files listing paths")
+    p.add_argument("--task", required=True, choices=("hbm", "expansion"))
+    p.add_argument("-o", "--outdir", default="cmbdet_classify", help="output folder (default: cmbdet_classify)")
+    p.add_argument("--lesions", metavar="DIR", help="reuse the label maps of an earlier `cmbdet lesions` run in DIR")
+    p.add_argument("--cam", action="store_true", help="write class-activation-map PNGs over each lesion's crop")
+    p.add_argument("--compare", action="store_true",
+                   help="also write classification_compare.csv: each lesion under every model stored in the "
+                        "weights (expansion: deep-only, radiomics-only, fused)")
+    p.add_argument("--weights", help="classifier weights (default: the shipped weights/classifier_<task>.safetensors)")
+    p.add_argument("--lesion-weights", help="lesion localizer weights (default: the shipped CT or MRI model)")
+    p.add_argument("--modality", choices=("auto", "ct", "mri"), default="auto",
+                   help="auto (default) decides per file from its values")
+    p.add_argument("--no-pictures", action="store_true", help="skip the lesion review PNGs")
+    p.add_argument("--device", help="torch device (default: CUDA when present)")
+    _add_batch_options(p)
+    p.set_defaults(run=_classify)
+
     p = sub.add_parser("evaluate", parents=[common], help="score detections against a reference",
                        description="Lesion-level scoring (VALDO style): sensitivity, precision, F1, FP/subject, FROC.")
     p.add_argument("--truth", required=True, help="truth.csv (subject, x_mm, y_mm, z_mm, diameter_mm, region)")
@@ -460,6 +485,49 @@ def _lesions(args) -> int:
         cleaned = f", {len(result.cleaned)} stale temp file(s) removed" if result.cleaned else ""
         print(f"wrote {Path(args.outdir) / 'lesions.csv'} and counts.csv; {len(result.records) - failed} ok, "
               f"{failed} failed{done_before}{cleaned}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _classify(args) -> int:
+    from cmbdet.batch import progress_printer, run_batch
+    from cmbdet.classify.run import ClassifyJob
+    from cmbdet.lesions.run import LesionsJob, lesion_subjects, plan_inputs
+
+    if args.workers < 1:
+        raise InputError(None, "--workers must be at least 1")
+    if args.lesions and not Path(args.lesions).is_dir():
+        raise InputError(args.lesions, "--lesions folder not found")
+    subjects = lesion_subjects(plan_inputs(args.inputs, args.modality, exclude=[args.outdir]))
+    if not subjects:
+        raise InputError(None, "no input scans found")
+    localizer = LesionsJob(args.lesion_weights if args.task == "expansion" else None,
+                           args.lesion_weights if args.task == "hbm" else None, modality=args.modality,
+                           pictures=not args.no_pictures, device=args.device)
+    job = ClassifyJob(args.task, args.weights, localizer, lesions_dir=args.lesions, cam=args.cam,
+                      compare=args.compare, device=args.device)
+    job.settings()  # a bad weights file fails here, before any subject
+    if not args.quiet:
+        source = f"lesions from {args.lesions}" if args.lesions else "lesions localized here"
+        print(f"cmbdet {__version__} classify --task {args.task}: {len(subjects)} subject(s), {source}, "
+              f"{_where(args)}", file=sys.stderr)
+
+    def describe(record) -> str:
+        if record.status != "ok":
+            return f"ERROR: {record.message}"
+        counts = record.counts
+        return f"{counts['n_lesions']} lesion(s), subject: {counts['label']} {counts['probability']}"
+
+    progress, close = progress_printer(len(subjects), quiet=args.quiet, describe=describe)
+    try:
+        result = run_batch(job, subjects, args.outdir, workers=args.workers, use_ray=args.ray is not None,
+                           ray_address=args.ray or None, overwrite=args.overwrite, progress=progress)
+    finally:
+        close()
+    failed = len(result.failed)
+    if not args.quiet:
+        done_before = f", {result.skipped_done} already done" if result.skipped_done else ""
+        print(f"wrote {Path(args.outdir) / 'classification.csv'} and counts.csv; {len(result.records) - failed} ok, "
+              f"{failed} failed{done_before}", file=sys.stderr)
     return 1 if failed else 0
 
 

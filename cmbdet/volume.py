@@ -92,6 +92,13 @@ class Volume:
         back = ornt_transform(_RAS_ORNT, self.source.ornt)
         return np.ascontiguousarray(apply_orientation(array, back))
 
+    def from_source_array(self, array: np.ndarray) -> np.ndarray:
+        """An array in the input file's axis order (e.g. a label map written by `write_like_source`)
+        -> the same voxels on the canonical grid (the inverse of `to_source_array`)."""
+        if tuple(array.shape[:3]) != tuple(self.source.shape[:3]):
+            raise ValueError(f"array shape {array.shape} is not the input file's {self.source.shape}")
+        return np.ascontiguousarray(apply_orientation(array, self.source.ornt))
+
     def with_data(self, data: np.ndarray) -> Volume:
         """The same grid with other voxel values (same shape required)."""
         if data.shape != self.data.shape:

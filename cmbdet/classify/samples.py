@@ -129,17 +129,14 @@ def lesion_label(task: str, row: dict) -> int:
     return int(row["kind"] == "hbm")
 
 
-def localize(files: dict[str, Path], ct_model, mri_model):
-    """(lesions, reference volume, arrays) of one subject, as `cmbdet classify` reads it."""
-    from cmbdet.lesions.ct import load_ct_volume
-    from cmbdet.lesions.infer import localize_lesions
-    from cmbdet.lesions.mri import load_sequence_set
+def localize(subject: PhantomSubject, ct_model, mri_model):
+    """(lesions, reference volume, arrays) of one subject, read and localized as `cmbdet classify`
+    does (`cmbdet.lesions.run.localize_unit`)."""
+    from cmbdet.lesions.run import LesionUnit, localize_unit
 
-    if "ct" in files:
-        volume = load_ct_volume(files["ct"])
-        return localize_lesions(volume, ct_model), volume, {"ct": volume.data}
-    seqs = load_sequence_set(files)
-    return localize_lesions(seqs, mri_model), seqs.reference, seqs.arrays
+    unit = LesionUnit(subject.subject, "ct" if "ct" in subject.files else "mri", dict(subject.files))
+    lesions, reference, arrays, _, _ = localize_unit(unit, ct_model=ct_model, mri_model=mri_model)
+    return lesions, reference, arrays
 
 
 def subject_features(task: str, subject: PhantomSubject, *, ct_model=None, mri_model=None,
@@ -154,7 +151,7 @@ def subject_features(task: str, subject: PhantomSubject, *, ct_model=None, mri_m
         if cache.is_file():
             with np.load(cache, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
-    lesions, reference, arrays = localize(subject.files, ct_model, mri_model)
+    lesions, reference, arrays = localize(subject, ct_model, mri_model)
     feats: list[LesionFeatures] = lesion_features(task, reference, arrays, lesions)
     out = {
         "crops": np.stack([f.crop for f in feats]) if feats else np.zeros((0, 6, CROP_PIXELS, CROP_PIXELS), np.float32),

@@ -168,6 +168,30 @@ def intraventricular(volume: Volume, labels: np.ndarray, n: int, brain_mask: np.
     return out
 
 
+def lesions_from_labels(volume: Volume, labels: np.ndarray) -> Lesions:
+    """`Lesions` of a label map read back from disk ((I, J, K) on ``volume``'s canonical grid, lesion
+    n painted n): centroids, volumes, boxes and ABC/2 measured again; score 1, region ``unknown``
+    and IVH 0 (the brain mask they need is not re-derived)."""
+    n = int(labels.max()) if labels.size else 0
+    if n == 0:
+        return empty_lesions(volume)
+    spacing = volume.spacing_mm
+    voxel_ml = float(abs(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
+    xyz, vol, abc2 = np.zeros((n, 3)), np.zeros(n), np.zeros(n)
+    lo, hi = np.zeros((n, 3)), np.zeros((n, 3))
+    for index, box in enumerate(ndimage.find_objects(labels.astype(np.int32), max_label=n)):
+        if box is None:
+            continue
+        sub = labels[box] == index + 1
+        world = volume.ijk_to_xyz_mm(np.argwhere(sub) + np.array([s.start for s in box]))
+        xyz[index], vol[index] = world.mean(axis=0), len(world) * voxel_ml
+        lo[index], hi[index] = world.min(axis=0), world.max(axis=0)
+        abc2[index] = abc_over_2_ml(sub, spacing)
+    return Lesions(labels=labels.astype(np.int16), xyz_mm=xyz, volume_ml=vol, abc2_ml=abc2, bbox_min_mm=lo,
+                   bbox_max_mm=hi, score=np.ones(n), region=np.array(["unknown"] * n, dtype=object),
+                   ivh=np.zeros(n, dtype=int))
+
+
 def empty_lesions(volume: Volume) -> Lesions:
     z = np.zeros(0)
     return Lesions(np.zeros(volume.shape, np.int16), np.zeros((0, 3)), z, z, np.zeros((0, 3)), np.zeros((0, 3)), z,
