@@ -120,7 +120,7 @@ def pretrain_simsiam(crops: np.ndarray, rng: np.random.Generator, *, task: str, 
             loss.backward()
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         if epoch % 10 == 0 or epoch == epochs - 1:
             log(f"simsiam epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f}")
     return model.encoder.eval()
@@ -155,7 +155,7 @@ def train_cnn(crops: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *
             loss.backward()
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         if epoch % 10 == 0 or epoch == epochs - 1:
             log(f"cnn epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f}")
     return net.eval()
@@ -335,7 +335,7 @@ def fit_hbm_net(samples: SampleSet, rng: np.random.Generator, *, width: int = 12
             loss.backward()
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         if epoch % 10 == 0 or epoch == epochs - 1:
             log(f"hbm epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f}")
     return net.eval(), mean, scale
