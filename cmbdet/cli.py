@@ -597,15 +597,18 @@ def _train_classifier(args) -> int:
     localizer = load_lesion_model(args.lesion_weights or SHIPPED_WEIGHTS_DIR / default)
     rng = np.random.default_rng(args.seed)
     log(f"localizing lesions in {', '.join(args.data)} ...")
-    samples = build_sample_set(args.task, args.data, ct_model=localizer if args.task == "expansion" else None,
-                               mri_model=localizer if args.task == "hbm" else None, cache_dir=args.cache,
-                               progress=lambda i, n, s: log(f"  {i}/{n} {s}") if i % 10 == 0 or i == n else None)
-    if args.task == "expansion":
-        model, report = train_expansion(samples, rng, val_fraction=args.val_fraction, epochs=args.epochs or 40,
-                                        ssl_epochs=args.ssl_epochs, log=log)
-    else:
-        model, report = train_hbm(samples, rng, val_fraction=args.val_fraction, epochs=args.epochs or 60,
-                                  metric_weight=args.metric_weight, log=log)
+    try:
+        samples = build_sample_set(args.task, args.data, ct_model=localizer if args.task == "expansion" else None,
+                                   mri_model=localizer if args.task == "hbm" else None, cache_dir=args.cache,
+                                   progress=lambda i, n, s: log(f"  {i}/{n} {s}") if i % 10 == 0 or i == n else None)
+        if args.task == "expansion":
+            model, report = train_expansion(samples, rng, val_fraction=args.val_fraction, epochs=args.epochs or 40,
+                                            ssl_epochs=args.ssl_epochs, log=log)
+        else:
+            model, report = train_hbm(samples, rng, val_fraction=args.val_fraction, epochs=args.epochs or 60,
+                                      metric_weight=args.metric_weight, log=log)
+    except ValueError as err:  # no lesion localized, one class missing
+        raise InputError(", ".join(args.data), str(err)) from None
     model.metadata.update(seed=args.seed, training_data=describe_phantom_sets(args.data, samples),
                           validation=report, localizer=Path(args.lesion_weights or default).name,
                           settings={"epochs": args.epochs, "ssl_epochs": args.ssl_epochs,

@@ -110,13 +110,14 @@ def phantom_subjects(folder: str | Path, task: str) -> list[PhantomSubject]:
     elif task == "hbm":
         files = [p for p in sorted(folder.glob("*.nii.gz")) if "desc-truth" not in p.name]
         for group in group_mri_files(files):
-            rows = [r for r in truth.get(group.subject, []) if r.get("lesion_id")]
+            name = group.subject.split("_ses-")[0]  # truth.csv names subjects without the session
+            rows = [r for r in truth.get(name, []) if r.get("lesion_id")]
             first = next(iter(group.files.values()))
             stem = first.name.split("_ses-")[0] + "_ses-" + first.name.split("_ses-")[1].split("_")[0] \
                 if "_ses-" in first.name else group.subject
             out.append(PhantomSubject(group.subject, dict(group.files), folder / f"{stem}_desc-truth_dseg.nii.gz",
                                       {int(r["lesion_id"]): r for r in rows},
-                                      truth.get(group.subject, [{}])[0].get("site", "")))
+                                      truth.get(name, [{}])[0].get("site", "")))
     else:
         raise ValueError(f"unknown task {task!r}")
     return out

@@ -223,6 +223,16 @@ def _auc(labels, scores) -> float | None:
     return float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
 
 
+def _labelled(samples: SampleSet) -> SampleSet:
+    """The lesions matched to a truth lesion; both classes must be there."""
+    labelled = samples.subset(samples.labels >= 0)
+    counts = np.bincount(labelled.labels, minlength=2) if len(labelled) else np.zeros(2, int)
+    if counts.min() < 2:
+        raise ValueError(f"too few labelled lesions to train on ({counts[0]} negative, {counts[1]} positive "
+                         f"among {len(samples)} localized): does truth.csv name these subjects?")
+    return labelled
+
+
 # --- expansion ------------------------------------------------------------------------------------
 
 
@@ -232,7 +242,7 @@ def train_expansion(samples: SampleSet, rng: np.random.Generator, *, val_fractio
     """The expansion model (see module docstring) and a report of its validation figures."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    labelled = samples.subset(samples.labels >= 0)
+    labelled = _labelled(samples)
     fit_subjects, val_subjects = split_subjects(labelled, rng, val_fraction)
     fit, val = labelled.of_subjects(fit_subjects), labelled.of_subjects(val_subjects)
     log(f"expansion: {len(fit)} lesions / {len(fit_subjects)} subjects to fit, "
@@ -344,7 +354,7 @@ def fit_hbm_net(samples: SampleSet, rng: np.random.Generator, *, width: int = 12
 def train_hbm(samples: SampleSet, rng: np.random.Generator, *, val_fraction: float = 0.2, width: int = 12,
               epochs: int = 60, metric_weight: float = 0.3, log: Log = _quiet) -> tuple[ClassifierModel, dict]:
     """The hbm model (see module docstring) and a report of its validation figures."""
-    labelled = samples.subset(samples.labels >= 0)
+    labelled = _labelled(samples)
     fit_subjects, val_subjects = split_subjects(labelled, rng, val_fraction)
     fit, val = labelled.of_subjects(fit_subjects), labelled.of_subjects(val_subjects)
     log(f"hbm: {len(fit)} lesions / {len(fit_subjects)} subjects to fit ({', '.join(sorted(set(fit.sites)))}), "
