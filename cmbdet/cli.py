@@ -449,7 +449,6 @@ def _phantom_hemorrhage(args) -> int:
 
 
 def _lesions(args) -> int:
-    from cmbdet.batch import progress_printer, run_batch
     from cmbdet.lesions.run import LesionsJob, lesion_subjects, plan_inputs
 
     if args.workers < 1:
@@ -473,23 +472,10 @@ def _lesions(args) -> int:
         kind = f"{record.message[len('modality auto: '):].split(' ')[0]} (auto): " if auto else ""
         return f"{kind}{record.counts['n_lesions']} lesion(s), {float(record.counts['total_volume_ml']):.1f} mL"
 
-    progress, close = progress_printer(len(subjects), quiet=args.quiet, describe=describe)
-    try:
-        result = run_batch(job, subjects, args.outdir, workers=args.workers, use_ray=args.ray is not None,
-                           ray_address=args.ray or None, overwrite=args.overwrite, progress=progress)
-    finally:
-        close()
-    failed = len(result.failed)
-    if not args.quiet:
-        done_before = f", {result.skipped_done} already done" if result.skipped_done else ""
-        cleaned = f", {len(result.cleaned)} stale temp file(s) removed" if result.cleaned else ""
-        print(f"wrote {Path(args.outdir) / 'lesions.csv'} and counts.csv; {len(result.records) - failed} ok, "
-              f"{failed} failed{done_before}{cleaned}", file=sys.stderr)
-    return 1 if failed else 0
+    return _run_subjects(job, subjects, args, describe, "lesions.csv")
 
 
 def _classify(args) -> int:
-    from cmbdet.batch import progress_printer, run_batch
     from cmbdet.classify.run import ClassifyJob
     from cmbdet.lesions.run import LesionsJob, lesion_subjects, plan_inputs
 
@@ -517,6 +503,14 @@ def _classify(args) -> int:
         counts = record.counts
         return f"{counts['n_lesions']} lesion(s), subject: {counts['label']} {counts['probability']}"
 
+    return _run_subjects(job, subjects, args, describe, "classification.csv")
+
+
+def _run_subjects(job, subjects, args, describe, table: str) -> int:
+    """Run a lesions/classify job over its subjects with the shared runner and the batch options;
+    print the summary line; exit code 1 when a subject failed."""
+    from cmbdet.batch import progress_printer, run_batch
+
     progress, close = progress_printer(len(subjects), quiet=args.quiet, describe=describe)
     try:
         result = run_batch(job, subjects, args.outdir, workers=args.workers, use_ray=args.ray is not None,
@@ -526,8 +520,9 @@ def _classify(args) -> int:
     failed = len(result.failed)
     if not args.quiet:
         done_before = f", {result.skipped_done} already done" if result.skipped_done else ""
-        print(f"wrote {Path(args.outdir) / 'classification.csv'} and counts.csv; {len(result.records) - failed} ok, "
-              f"{failed} failed{done_before}", file=sys.stderr)
+        cleaned = f", {len(result.cleaned)} stale temp file(s) removed" if result.cleaned else ""
+        print(f"wrote {Path(args.outdir) / table} and counts.csv; {len(result.records) - failed} ok, "
+              f"{failed} failed{done_before}{cleaned}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -97,32 +97,54 @@ def _seed_torch(rng: np.random.Generator) -> None:
     torch.manual_seed(int(rng.integers(2**31)))
 
 
-def pretrain_simsiam(crops: np.ndarray, rng: np.random.Generator, *, task: str, width: int = 16,
-                     epochs: int = 60, batch: int = 32, log: Log = _quiet) -> CropEncoder:
-    """A `CropEncoder` pretrained with SimSiam on unlabelled (N, 6, P, P) crops (two augmented views each)."""
-    _seed_torch(rng)
-    model = SimSiam(CropEncoder(crops.shape[1], width))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05 * batch / 256 * 4, momentum=0.9, weight_decay=1e-4)
-    steps = max(1, epochs * int(np.ceil(len(crops) / batch)))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    model.train()
+def _fit(net: torch.nn.Module, n: int, rng: np.random.Generator, batch_loss: Callable[[np.ndarray], torch.Tensor],
+         *, epochs: int, batch: int, lr: float, name: str, log: Log, sgd: bool = False) -> None:
+    """Minibatch training of ``net`` over ``n`` rows: ``batch_loss(indices)`` gives each batch's loss.
+    AdamW with a one-cycle schedule (``sgd``: SGD with momentum and a cosine schedule, for SimSiam)."""
+    steps = max(1, epochs * int(np.ceil(n / batch)))
+    if sgd:
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    else:
+        optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-3)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    net.train()
     for epoch in range(epochs):
-        order = rng.permutation(len(crops))
+        order = rng.permutation(n)
         losses = []
-        for start in range(0, len(order) - 1, batch):
+        for start in range(0, n, batch):
             idx = order[start:start + batch]
             if len(idx) < 2:
                 continue
-            a = torch.from_numpy(augment(rng, crops[idx], task))
-            b = torch.from_numpy(augment(rng, crops[idx], task))
-            loss = model.loss(a, b)
+            loss = batch_loss(idx)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
             losses.append(float(loss.detach()))
         if epoch % 10 == 0 or epoch == epochs - 1:
-            log(f"simsiam epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f}")
+            log(f"{name} epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f}")
+    net.eval()
+
+
+def _pos_weight(labels: np.ndarray) -> torch.Tensor:
+    """Weight of the positive class that balances the two in a binary cross-entropy."""
+    positive = max(float(np.mean(labels)), 1e-3)
+    return torch.tensor((1 - positive) / positive)
+
+
+def pretrain_simsiam(crops: np.ndarray, rng: np.random.Generator, *, task: str, width: int = 16,
+                     epochs: int = 60, batch: int = 32, log: Log = _quiet) -> CropEncoder:
+    """A `CropEncoder` pretrained with SimSiam on unlabelled (N, 6, P, P) crops (two augmented views each)."""
+    _seed_torch(rng)
+    model = SimSiam(CropEncoder(crops.shape[1], width))
+
+    def batch_loss(idx: np.ndarray) -> torch.Tensor:
+        return model.loss(torch.from_numpy(augment(rng, crops[idx], task)),
+                          torch.from_numpy(augment(rng, crops[idx], task)))
+
+    _fit(model, len(crops), rng, batch_loss, epochs=epochs, batch=batch, lr=0.05 * batch / 256 * 4, name="simsiam",
+         log=log, sgd=True)
     return model.encoder.eval()
 
 
@@ -136,28 +158,13 @@ def train_cnn(crops: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *
     if encoder_state is not None:
         net.encoder.load_state_dict(encoder_state)
     labels = np.asarray(labels, np.float32)
-    positive = max(float(labels.mean()), 1e-3)
-    pos_weight = torch.tensor((1 - positive) / positive)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-3)
-    steps = max(1, epochs * int(np.ceil(len(crops) / batch)))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
-    net.train()
-    for epoch in range(epochs):
-        order = rng.permutation(len(crops))
-        losses = []
-        for start in range(0, len(order), batch):
-            idx = order[start:start + batch]
-            if len(idx) < 2:
-                continue
-            x = torch.from_numpy(augment(rng, crops[idx], task))
-            loss = F.binary_cross_entropy_with_logits(net(x), torch.from_numpy(labels[idx]), pos_weight=pos_weight)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-        if epoch % 10 == 0 or epoch == epochs - 1:
-            log(f"cnn epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f}")
+    pos_weight = _pos_weight(labels)
+
+    def batch_loss(idx: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(augment(rng, crops[idx], task))
+        return F.binary_cross_entropy_with_logits(net(x), torch.from_numpy(labels[idx]), pos_weight=pos_weight)
+
+    _fit(net, len(crops), rng, batch_loss, epochs=epochs, batch=batch, lr=lr, name="cnn", log=log)
     return net.eval()
 
 
@@ -318,36 +325,21 @@ def fit_hbm_net(samples: SampleSet, rng: np.random.Generator, *, width: int = 12
     site_ids = {s: i for i, s in enumerate(sorted(set(samples.sites.tolist())))}
     sites = torch.tensor([site_ids[s] for s in samples.sites])
     labels = samples.labels.astype(np.float32)
-    positive = max(float(labels.mean()), 1e-3)
-    pos_weight = torch.tensor((1 - positive) / positive)
+    pos_weight = _pos_weight(labels)
     net = HBMNet(raw.shape[1], width)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-3)
-    steps = max(1, epochs * int(np.ceil(len(labels) / batch)))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
-    net.train()
-    for epoch in range(epochs):
-        order = rng.permutation(len(labels))
-        losses = []
-        for start in range(0, len(order), batch):
-            idx = order[start:start + batch]
-            if len(idx) < 2:
-                continue
-            crops, tab = drop_sequences(rng, samples.crops[idx], raw[idx], samples.present[idx], blocks)
-            crops = augment(rng, crops, "hbm")
-            tab = (tab - mean) / scale
-            tab = tab + rng.normal(0.0, 0.1, tab.shape)
-            logits, fused, _ = net(torch.from_numpy(crops), torch.from_numpy(tab).float())
-            y = torch.from_numpy(labels[idx])
-            loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
-            if metric_weight > 0:
-                loss = loss + metric_weight * cross_site_contrastive(fused, y, sites[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-        if epoch % 10 == 0 or epoch == epochs - 1:
-            log(f"hbm epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f}")
+
+    def batch_loss(idx: np.ndarray) -> torch.Tensor:
+        crops, tab = drop_sequences(rng, samples.crops[idx], raw[idx], samples.present[idx], blocks)
+        crops = augment(rng, crops, "hbm")
+        tab = (tab - mean) / scale + rng.normal(0.0, 0.1, tab.shape)
+        logits, fused, _ = net(torch.from_numpy(crops), torch.from_numpy(tab).float())
+        y = torch.from_numpy(labels[idx])
+        loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+        if metric_weight > 0:
+            loss = loss + metric_weight * cross_site_contrastive(fused, y, sites[idx])
+        return loss
+
+    _fit(net, len(labels), rng, batch_loss, epochs=epochs, batch=batch, lr=lr, name="hbm", log=log)
     return net.eval(), mean, scale
 
 
