@@ -153,6 +153,11 @@ def test_threshold_choice_and_cross_site_term():
     labels = np.array([0, 0, 0, 1, 1, 1])
     assert 0.35 < choose_threshold(scores, labels, "accuracy") < 0.6
     assert 0.35 < choose_threshold(scores, labels, "youden") < 0.6
+    # two separate best regions: the threshold lies inside one of them, never between
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    labels = np.array([0, 0, 0, 0, 0, 1, 0, 1])  # best (7/8) above 0.5 or above 0.7, worse between
+    cut = choose_threshold(scores, labels, "accuracy")
+    assert ((scores >= cut) == labels.astype(bool)).mean() == 0.875
     labels_t = torch.tensor([0, 0, 1, 1])
     sites = torch.tensor([0, 1, 0, 1])
     clustered = torch.tensor([[1.0, 0.0], [1.0, 0.05], [0.0, 1.0], [0.05, 1.0]])

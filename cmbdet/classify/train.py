@@ -220,7 +220,9 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray, rule: str) -> float
             values.append(float(sens + spec - 1.0))
     values = np.array(values)
     best = np.nonzero(values >= values.max() - 1e-12)[0]
-    return float((cuts[best[0]] + cuts[best[-1]]) / 2.0)
+    runs = np.split(best, np.nonzero(np.diff(best) > 1)[0] + 1)  # consecutive equally good cuts
+    widest = max(runs, key=lambda run: cuts[run[-1]] - cuts[run[0]])
+    return float((cuts[widest[0]] + cuts[widest[-1]]) / 2.0)
 
 
 def _auc(labels, scores) -> float | None:
