@@ -244,12 +244,11 @@ def _print_table(title: str, table: dict[str, dict]) -> None:
 def ssl_gain(args, data: Path, rng: np.random.Generator) -> None:
     """CNN-alone AUC on this set's subjects (largest localized lesion matched to truth), trained on
     ``label_fraction`` of the training set's subjects' labels, from scratch vs from SimSiam."""
-    import torch
     from scipy import stats
     from sklearn.metrics import roc_auc_score
 
     from cmbdet.classify.samples import build_sample_set
-    from cmbdet.classify.train import embed, pretrain_simsiam, split_subjects, subject_scores, train_cnn
+    from cmbdet.classify.train import cnn_logits, pretrain_simsiam, split_subjects, subject_scores, train_cnn
     from cmbdet.lesions.infer import load_lesion_model
 
     localizer = load_lesion_model()
@@ -269,9 +268,7 @@ def ssl_gain(args, data: Path, rng: np.random.Generator) -> None:
         aucs = []
         for state in (None, encoder.state_dict()):
             net = train_cnn(part.crops, part.labels, np.random.default_rng(2000 + seed), encoder_state=state)
-            with torch.inference_mode():
-                logits = net.head(torch.from_numpy(embed(net, test.crops)))[:, 0].numpy()
-            scores = subject_scores(test, logits, "expansion")
+            scores = subject_scores(test, cnn_logits(net, test.crops), "expansion")
             names = sorted(s for s in scores if s in test.subject_labels)
             aucs.append(roc_auc_score([test.subject_labels[s] for s in names], [scores[s] for s in names]))
         gains.append(aucs[1] - aucs[0])

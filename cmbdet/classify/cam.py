@@ -20,9 +20,23 @@ from cmbdet.classify.model import ClassifierModel, tabular_input
 
 def grad_cam(model: ClassifierModel, feature: LesionFeatures) -> np.ndarray:
     """(P, P) Grad-CAM in [0, 1] of one lesion's crop."""
-    net = model.net.eval()
+    if model.task == "expansion":  # the mean over the cross-fitted CNNs
+        cams = [_grad_cam(member, member.encoder, feature, model, lambda net, crop: net(crop))
+                for member in model.net.members]
+        cam = np.mean(cams, axis=0)
+        return cam / cam.max() if cam.max() > 0 else cam
+    radiomics = model._aligned(feature)[None]
+    tab = tabular_input(radiomics=radiomics, present=feature.present[None], volume_ml=np.array([feature.volume_ml]),
+                        n_lesions=np.array([feature.n_lesions]))
+    tab = torch.from_numpy((tab - model.tab_mean) / model.tab_scale).float().to(model.device)
+    cam = _grad_cam(model.net, model.net.intensity, feature, model, lambda net, crop: net(crop, tab)[0])
+    return cam / cam.max() if cam.max() > 0 else cam
+
+
+def _grad_cam(net, encoder, feature: LesionFeatures, model: ClassifierModel, logit_of) -> np.ndarray:
+    """Unnormalized (P, P) Grad-CAM of ``logit_of(net, crop)`` w.r.t. ``encoder``'s last block."""
+    net = net.eval()
     crop = torch.from_numpy(feature.crop[None].astype(np.float32)).to(model.device)
-    encoder = net.encoder if model.task == "expansion" else net.intensity
     kept: dict[str, torch.Tensor] = {}
 
     def keep(_module, _inputs, output):
@@ -32,14 +46,7 @@ def grad_cam(model: ClassifierModel, feature: LesionFeatures) -> np.ndarray:
     handle = encoder.blocks[-1].register_forward_hook(keep)
     try:
         with torch.enable_grad():
-            if model.task == "expansion":
-                logit = net(crop)
-            else:
-                radiomics = model._aligned(feature)[None]
-                tab = tabular_input(radiomics=radiomics, present=feature.present[None],
-                                    volume_ml=np.array([feature.volume_ml]), n_lesions=np.array([feature.n_lesions]))
-                tab = torch.from_numpy((tab - model.tab_mean) / model.tab_scale).float().to(model.device)
-                logit = net(crop, tab)[0]
+            logit = logit_of(net, crop)
             net.zero_grad()
             logit.sum().backward()
     finally:
@@ -48,8 +55,7 @@ def grad_cam(model: ClassifierModel, feature: LesionFeatures) -> np.ndarray:
     weights = grads.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * maps).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=feature.crop.shape[1:], mode="bilinear", align_corners=False)[0, 0]
-    cam = cam.detach().cpu().numpy()
-    return cam / cam.max() if cam.max() > 0 else cam
+    return cam.detach().cpu().numpy()
 
 
 def write_cams(model: ClassifierModel, features: list[LesionFeatures], subject: str, outdir: Path) -> dict[str, str]:

@@ -4,7 +4,7 @@ One safetensors file per task (no pickle; nothing runs on load). Metadata: ``kin
 "classifier", ``task``, ``threshold`` (chosen on validation data), the radiomics feature names, the
 crop geometry, the network's shape and what it was trained on.
 
-* expansion: a `CropCNN` (its embedding is the deep feature vector) and three `LinearChain`s
+* expansion: a `CropEnsemble` (its mean logit is the deep feature) and three `LinearChain`s
   (LASSO + SVM + Platt) over deep, radiomics and fused (deep + radiomics) features; ``fused`` is
   the shipped score, the others stay for comparison (``cmbdet classify --compare``).
 * hbm: an `HBMNet` and the standardization of its tabular input.
@@ -20,7 +20,7 @@ import torch
 
 from cmbdet.classify.features import CROP_PIXELS, PIXEL_MM, LesionFeatures
 from cmbdet.classify.linear import LinearChain
-from cmbdet.classify.nets import CropCNN, HBMNet
+from cmbdet.classify.nets import CropEnsemble, HBMNet
 from cmbdet.errors import InputError
 from cmbdet.weights import load_state, pick_device, save_state, shipped_weights
 
@@ -59,15 +59,15 @@ class ClassifierModel:
     def name(self) -> str:
         return str(self.metadata.get("model_name", f"classifier_{self.task}"))
 
-    def embed(self, crops: np.ndarray, batch: int = 64) -> np.ndarray:
-        """Expansion: (N, E) CNN embeddings of (N, 6, P, P) crops."""
+    def cnn_logits(self, crops: np.ndarray, batch: int = 64) -> np.ndarray:
+        """Expansion: (N,) logits of the CNN for (N, 6, P, P) crops (the deep feature)."""
         self.net.eval()
         out = []
         with torch.inference_mode():
             for start in range(0, len(crops), batch):
                 x = torch.from_numpy(np.ascontiguousarray(crops[start:start + batch])).to(self.device)
-                out.append(self.net.encoder(x).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.net.encoder.out_features))
+                out.append(self.net(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
 
     def scores(self, features: list[LesionFeatures]) -> dict[str, np.ndarray]:
         """Probabilities per model variant for each lesion: expansion ``fused``/``deep``/``radiomics``
@@ -77,9 +77,8 @@ class ClassifierModel:
         crops = np.stack([f.crop for f in features]).astype(np.float32)
         radiomics = np.stack([self._aligned(f) for f in features])
         if self.task == "expansion":
-            deep = self.embed(crops)
-            with torch.inference_mode():
-                logits = self.net.head(torch.from_numpy(deep).float().to(self.device))[:, 0].cpu().numpy()
+            logits = self.cnn_logits(crops)
+            deep = logits[:, None]
             inputs = {"deep": deep, "radiomics": radiomics, "fused": np.concatenate([deep, radiomics], axis=1)}
             out = {name: self.chains[name].probability(inputs[name]) for name in EXPANSION_MODELS}
             out["cnn"] = 1.0 / (1.0 + np.exp(-logits))
@@ -108,7 +107,7 @@ class ClassifierModel:
         if self.tab_mean is not None:
             state["tab.mean"] = torch.from_numpy(np.asarray(self.tab_mean, np.float64))
             state["tab.scale"] = torch.from_numpy(np.asarray(self.tab_scale, np.float64))
-        net_shape = {"width": self.net.encoder.width} if self.task == "expansion" else \
+        net_shape = {"width": self.net.width, "members": len(self.net.members)} if self.task == "expansion" else \
             {"width": self.net.width, "embed": self.net.embed, "n_tabular": self.net.n_tabular}
         meta = dict(self.metadata, kind="classifier", task=self.task, threshold=self.threshold,
                     radiomics_names=list(self.names), crop_pixels=CROP_PIXELS, pixel_mm=PIXEL_MM[self.task],
@@ -125,7 +124,7 @@ def load_classifier(task: str, path: str | Path | None = None, *, device: str | 
     if meta.get("kind") != "classifier" or meta.get("task") != task:
         raise InputError(path, f"not {task} classifier weights (kind {meta.get('kind')!r}, task {meta.get('task')!r})")
     shape = meta["net"]
-    net = CropCNN(6, int(shape["width"])) if task == "expansion" else \
+    net = CropEnsemble(int(shape["members"]), 6, int(shape["width"])) if task == "expansion" else \
         HBMNet(int(shape["n_tabular"]), int(shape["width"]), int(shape["embed"]))
     net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
     dev = pick_device(device)

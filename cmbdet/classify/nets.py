@@ -2,8 +2,8 @@
 pretraining; no hub weights).
 
 * `CropEncoder`: a small 2-D CNN over (C, 64, 64) crops -> an embedding (``width * 4`` features).
-* `CropCNN`: encoder + linear head: the expansion model's deep part (its embedding feeds the
-  LASSO + SVM of `cmbdet.classify.linear`; its own logit is the "CNN alone" score).
+* `CropCNN`: encoder + linear head -> a logit; `CropEnsemble`: the mean logit of the expansion
+  model's cross-fitted CNNs (the deep feature of the LASSO + SVM of `cmbdet.classify.linear`).
 * `HBMNet`: multi-representation fusion for metastasis vs hematoma (in the spirit of MRDTL):
   an intensity branch (the sequences' crops + mask), a gradient/texture branch (per-sequence
   gradient magnitude and local standard deviation computed from the same crops) and a radiomics
@@ -59,6 +59,20 @@ class CropCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))[:, 0]
+
+
+class CropEnsemble(nn.Module):
+    """The mean logit of several `CropCNN`s (the cross-fitted networks of the expansion model: each
+    was trained without one fold of the training subjects, on which its logits became the deep
+    feature the LASSO + SVM was fitted with; at use all of them vote)."""
+
+    def __init__(self, n_members: int, in_channels: int = 6, width: int = 16):
+        super().__init__()
+        self.members = nn.ModuleList([CropCNN(in_channels, width) for _ in range(n_members)])
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)
 
 
 def texture_maps(crops: torch.Tensor, n_images: int = 5) -> torch.Tensor:

@@ -7,9 +7,11 @@ held-out site or family is read here.
 
 expansion (baseline CT):
 1. SimSiam pretraining of the CNN encoder on the fitting part's crops (labels unused);
-2. the CNN fine-tuned on the labels; its embeddings are the deep features — out-of-fold (5 folds
-   by subject) for the fitting rows, so the LASSO + SVM never sees features of crops the CNN was
-   fitted on, and from a CNN fitted on all fitting rows for the validation rows and later use;
+2. cross-fitting: 5 CNNs (folds by subject), each fine-tuned on the labels of four folds; its
+   logits on the fifth are that fold's deep feature, so the LASSO + SVM never sees a score of a
+   crop its network was fitted on; at use (and on validation) the deep feature is the mean logit
+   of the 5 (`CropEnsemble`: the same scale as the out-of-fold logits; a logit means the same in
+   every fold's network, an embedding's coordinates would not);
 3. LASSO + linear SVM + Platt (`cmbdet.classify.linear`) on deep, radiomics and fused features;
 4. threshold: the best Youden index (sensitivity + specificity - 1) of the fused score of each
    validation subject's largest hematoma.
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from cmbdet.classify.features import MRI_SEQUENCES
 from cmbdet.classify.linear import fit_lasso_svm
 from cmbdet.classify.model import ClassifierModel, tabular_input
-from cmbdet.classify.nets import CropCNN, CropEncoder, HBMNet, SimSiam
+from cmbdet.classify.nets import CropCNN, CropEncoder, CropEnsemble, HBMNet, SimSiam
 from cmbdet.classify.samples import SampleSet
 
 Log = Callable[[str], None]
@@ -168,10 +170,11 @@ def train_cnn(crops: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *
     return net.eval()
 
 
-def embed(net: CropCNN, crops: np.ndarray) -> np.ndarray:
+def cnn_logits(net: CropCNN | CropEnsemble, crops: np.ndarray) -> np.ndarray:
+    """(N,) logits of a `CropCNN` (or the mean of a `CropEnsemble`) for (N, 6, P, P) crops."""
     with torch.inference_mode():
-        return np.concatenate([net.encoder(torch.from_numpy(crops[s:s + 64])).numpy()
-                               for s in range(0, len(crops), 64)]) if len(crops) else np.zeros((0, 1))
+        return np.concatenate([net(torch.from_numpy(crops[s:s + 64])).numpy()
+                               for s in range(0, len(crops), 64)]) if len(crops) else np.zeros(0)
 
 
 # --- splits and thresholds ------------------------------------------------------------------------
@@ -259,15 +262,17 @@ def train_expansion(samples: SampleSet, rng: np.random.Generator, *, val_fractio
     encoder = pretrain_simsiam(fit.crops, rng, task="expansion", width=width, epochs=ssl_epochs, log=log) \
         if ssl_epochs > 0 else None
     encoder_state = None if encoder is None else encoder.state_dict()
-    deep_oof = np.zeros((len(fit), 4 * width))
+    deep_oof = np.zeros((len(fit), 1))
     n_splits = max(2, min(folds, int(min(np.bincount(fit.labels, minlength=2)))))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=int(rng.integers(2**31)))
+    net = CropEnsemble(n_splits, fit.crops.shape[1], width)
     for k, (train_rows, test_rows) in enumerate(splitter.split(fit.labels, fit.labels, fit.subjects)):
-        net = train_cnn(fit.crops[train_rows], fit.labels[train_rows], rng, width=width, epochs=epochs,
-                        encoder_state=encoder_state)
-        deep_oof[test_rows] = embed(net, fit.crops[test_rows])
-        log(f"out-of-fold CNN {k + 1}/{n_splits} done")
-    net = train_cnn(fit.crops, fit.labels, rng, width=width, epochs=epochs, encoder_state=encoder_state, log=log)
+        member = train_cnn(fit.crops[train_rows], fit.labels[train_rows], rng, width=width, epochs=epochs,
+                           encoder_state=encoder_state, log=log if k == 0 else _quiet)
+        deep_oof[test_rows, 0] = cnn_logits(member, fit.crops[test_rows])
+        net.members[k].load_state_dict(member.state_dict())
+        log(f"cross-fitted CNN {k + 1}/{n_splits} done")
+    net.eval()
     inputs_fit = {"deep": deep_oof, "radiomics": fit.radiomics, "fused": np.concatenate([deep_oof, fit.radiomics], 1)}
     chains = {name: fit_lasso_svm(x, fit.labels, fit.subjects, rng) for name, x in inputs_fit.items()}
     for name, chain in chains.items():
@@ -276,7 +281,7 @@ def train_expansion(samples: SampleSet, rng: np.random.Generator, *, val_fractio
     report: dict = {"fit_subjects": len(fit_subjects), "val_subjects": len(val_subjects), "fit_lesions": len(fit),
                     "val_lesions": len(val)}
     if len(val):
-        deep_val = embed(net, val.crops)
+        deep_val = cnn_logits(net, val.crops)[:, None]
         inputs_val = {"deep": deep_val, "radiomics": val.radiomics,
                       "fused": np.concatenate([deep_val, val.radiomics], 1)}
         probs = {name: chains[name].probability(inputs_val[name]) for name in chains}
