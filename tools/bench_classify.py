@@ -97,7 +97,7 @@ def run_classify(task: str, data: Path, out: Path, weights: str | None, extra: l
     subjects = phantom_subjects(data, task)
     listing = out.parent / f"{out.name}_inputs.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    listing.write_text("".join(f"{p}\n" for s in subjects for p in s.files.values()))
+    listing.write_text("".join(f"{p.resolve()}\n" for s in subjects for p in s.files.values()))
     args = ["classify", str(listing), "--task", task, "-o", str(out), "--compare", "--no-pictures", "--quiet",
             "--modality", "ct" if task == "expansion" else "mri", *extra]
     if weights:
@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         subject_score.append(score)
         subject_called.append(row is not None and row["label"] == positive)
     errors = sum(1 for r in counts.values() if r["status"] != "ok")
+    if errors == len(counts):
+        raise SystemExit(f"every input failed, e.g. {next(iter(counts.values()))['message']}")
     print(f"task {args.task}: {data.name}, {len(subjects)} scans, {len(subject_truth)} with lesions "
           f"({sum(subject_truth)} {positive}), classify errors {errors}, {seconds:.1f} s/subject wall "
           f"(localizer + classifier), threshold {threshold:.3f} (stored with the weights)")
