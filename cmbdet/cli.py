@@ -606,8 +606,9 @@ def _train_classifier(args) -> int:
         raise InputError(", ".join(args.data), str(err)) from None
     model.metadata.update(seed=args.seed, training_data=describe_phantom_sets(args.data, samples),
                           validation=report, localizer=Path(args.lesion_weights or default).name,
-                          settings={"epochs": args.epochs, "ssl_epochs": args.ssl_epochs,
-                                    "metric_weight": args.metric_weight, "val_fraction": args.val_fraction})
+                          settings={"epochs": args.epochs, "val_fraction": args.val_fraction,
+                                    **({"ssl_epochs": args.ssl_epochs} if args.task == "expansion" else
+                                       {"metric_weight": args.metric_weight})})
     model.save(args.output)
     log(json.dumps(report))
     print(f"wrote {args.output} (threshold {model.threshold:.3f})")
