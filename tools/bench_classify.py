@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = run_classify(args.task, data, out, args.weights, [])
     subjects = {s.subject: s for s in phantom_subjects(data, args.task)}
     classified = _rows(out / "classification.csv")
-    counts = {truth_subject(r["subject"]): r for r in _rows(out / "counts.csv")}
+    counts = {r["subject"]: r for r in _rows(out / "counts.csv")}
     threshold = float(next((r["threshold"] for r in classified), 0.5))
     positive = "hbm" if args.task == "hbm" else "expands"
 
@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             continue  # lesion-free: nothing to classify
         largest = max(subject.truth_rows.values(), key=lambda r: float(r.get("volume_ml") or 0))
         label = int(largest["kind"] == "hbm") if args.task == "hbm" else int(float(largest["expands"]))
-        row = next((r for r in classified if truth_subject(r["subject"]) == name and not r["lesion_id"]), None)
+        row = next((r for r in classified if truth_subject(r["subject"]) == truth_subject(name)
+                    and not r["lesion_id"]), None)
         score = float(row["probability"]) if row and row["probability"] != "" else 0.0
         subject_truth.append(label)
         subject_score.append(score)
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     compare = _rows(out / "classification_compare.csv")
     lesion_rows: dict[str, list[tuple[int, dict]]] = {}
     for name, subject in subjects.items():
-        folder = next((f for f in out.iterdir() if f.is_dir() and truth_subject(f.name) == name), None)
+        folder = next((f for f in out.iterdir() if f.is_dir() and truth_subject(f.name) == truth_subject(name)), None)
         if folder is None:
             continue
         label_map = folder / f"{folder.name}_desc-hemorrhage_dseg.nii.gz"
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not subject.truth_rows:
                     continue
                 largest = max(subject.truth_rows.values(), key=lambda r: float(r.get("volume_ml") or 0))
-                folder = next((k for k in volumes if truth_subject(k) == name), None)
+                folder = next((k for k in volumes if truth_subject(k) == truth_subject(name)), None)
                 score = 0.0
                 if folder is not None and volumes[folder]:
                     lesion_id = max(volumes[folder], key=volumes[folder].get)
