@@ -315,3 +315,21 @@ def test_expansion_samples_from_a_phantom_pair_set(tmp_path):
     again = build_sample_set("expansion", [tmp_path / "pairs"], ct_model=load_lesion_model(),
                              cache_dir=tmp_path / "cache")
     assert np.array_equal(again.labels, samples.labels) and np.allclose(again.radiomics, samples.radiomics)
+
+
+def test_shipped_hbm_classifier_tells_a_metastasis_from_a_hematoma(tmp_path):
+    """The shipped localizer + classifier (default weights), end to end on two phantom subjects of a
+    training site (one hematoma, one with metastases): the subject labels come out right."""
+    from cmbdet.phantom.hemorrhage_mri import write_mri_set
+    from cmbdet.weights import read_metadata, shipped_weights
+
+    for task in ("hbm", "expansion"):
+        meta = read_metadata(shipped_weights(f"classifier_{task}.safetensors"))
+        assert meta["kind"] == "classifier" and 0.0 < meta["threshold"] < 1.0
+        assert all("/" not in name for name in meta["training_data"]["sources"])  # names, never paths
+    write_mri_set(tmp_path / "mri", 2, 5, site="mri-s1", fast=True, balanced=True)  # subject 0 ich, 1 hbm
+    files = sorted(p for p in (tmp_path / "mri").glob("*.nii.gz") if "desc-truth" not in p.name)
+    out = tmp_path / "cls"
+    assert main(["classify", *map(str, files), "--task", "hbm", "-o", str(out), "--quiet", "--no-pictures"]) == 0
+    subject_rows = {r["subject"]: r["label"] for r in _rows(out / "classification.csv") if not r["lesion_id"]}
+    assert subject_rows == {"sub-mris15x0000_ses-1": "ich", "sub-mris15x0001_ses-1": "hbm"}
