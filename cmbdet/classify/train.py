@@ -30,6 +30,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from cmbdet.classify.features import MRI_SEQUENCES
 from cmbdet.classify.linear import fit_lasso_svm
@@ -48,8 +49,9 @@ def _quiet(_: str) -> None:
 
 
 def augment(rng: np.random.Generator, crops: np.ndarray, task: str) -> np.ndarray:
-    """Random flips, quarter turns, shifts of up to 4 pixels, intensity gain/offset (CT) or
-    per-sequence gain/gamma (MRI) and noise on (B, 6, P, P) crops (channel 5 = mask: geometry only)."""
+    """Random flips, quarter turns, shifts of up to 4 pixels; CT: the reconstruction kernel (Gaussian
+    blur or unsharp masking), HU gain/offset and noise; MRI: per-sequence gain/gamma and noise; on
+    (B, 6, P, P) crops (channel 5 = mask: geometry only)."""
     out = np.empty_like(crops)
     for b, crop in enumerate(crops):
         c = crop
@@ -60,9 +62,13 @@ def augment(rng: np.random.Generator, crops: np.ndarray, task: str) -> np.ndarra
         c = np.rot90(c, int(rng.integers(4)), axes=(1, 2))
         c = np.roll(c, tuple(int(v) for v in rng.integers(-4, 5, 2)), axis=(1, 2)).copy()
         images = c[:5]
-        if task == "expansion":
-            images = images * rng.uniform(0.95, 1.05) + rng.uniform(-0.06, 0.06)
-            images = images + rng.normal(0.0, rng.uniform(0.0, 0.05), images.shape)
+        if task == "expansion":  # what a CT site changes: kernel (blur / sharpening), calibration, noise
+            if rng.random() < 0.6:
+                sigma = rng.uniform(0.3, 1.5)
+                smooth = ndimage.gaussian_filter(images, (0, sigma, sigma))
+                images = smooth if rng.random() < 0.6 else images + rng.uniform(0.3, 1.0) * (images - smooth)
+            images = images * rng.uniform(0.92, 1.08) + rng.uniform(-0.08, 0.08)
+            images = images + rng.normal(0.0, rng.uniform(0.0, 0.08), images.shape)
         else:
             gain = rng.uniform(0.8, 1.25, (5, 1, 1))
             gamma = rng.uniform(0.8, 1.25, (5, 1, 1))
