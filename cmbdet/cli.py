@@ -136,7 +136,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto (default) decides per file from its values (a CT in HU has air near -1000)")
     p.add_argument("--crops", action="store_true",
                    help="write per-lesion crops of every sequence and mask (box + 10 mm) and the 5 axial 1 mm "
-                        "slices around the largest cross-section (for cmbdet classify)")
+                        "slices around the largest cross-section, for your own analyses (cmbdet classify reads "
+                        "the label maps)")
     p.add_argument("--weights", help="CT lesion weights file (default: the shipped weights/lesions_ct.safetensors)")
     p.add_argument("--mri-weights", help="MRI lesion weights file (default: the shipped one when present)")
     p.add_argument("--classical", action="store_true",
