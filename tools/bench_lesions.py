@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from cmbdet.lesions.ct import load_ct_volume
-from cmbdet.lesions.infer import classical_ct_lesions, load_lesion_model, localize_lesions
+from cmbdet.lesions.infer import classical_ct_lesions, load_lesion_model, localize_lesions, set_operating_point
 from cmbdet.lesions.mri import classical_mri_lesions, group_mri_files, load_sequence_set
 from cmbdet.lesions.truth import TruthLesion, match_reports, read_truth_map
 
@@ -91,14 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         items = items[: args.limit]
     model = load_lesion_model(args.weights) if (args.weights or args.modality == "ct") else None
     if model is not None:
-        if args.threshold is not None:
-            model.threshold = args.threshold
-        if args.min_ml is not None:
-            model.min_ml = args.min_ml
-        if args.refine is not None:
-            model.refine_hu = args.refine == "on"
-        if args.max_dense is not None:
-            model.max_dense_fraction = args.max_dense
+        set_operating_point(model, threshold=args.threshold, min_ml=args.min_ml, refine=args.refine,
+                            max_dense=args.max_dense)
     methods = (["network"] if model is not None else []) + ([] if args.no_classical else ["classical"])
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
     for subject, files in items:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cmbdet.lesions.infer import load_lesion_model
+from cmbdet.lesions.infer import load_lesion_model, set_operating_point
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,15 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-dense", type=float)
     parser.add_argument("--note", default="")
     args = parser.parse_args(argv)
-    model = load_lesion_model(args.input)
-    if args.threshold is not None:
-        model.threshold = args.threshold
-    if args.min_ml is not None:
-        model.min_ml = args.min_ml
-    if args.refine is not None:
-        model.refine_hu = args.refine == "on"
-    if args.max_dense is not None:
-        model.max_dense_fraction = args.max_dense
+    model = set_operating_point(load_lesion_model(args.input), threshold=args.threshold, min_ml=args.min_ml,
+                                refine=args.refine, max_dense=args.max_dense)
     if args.note:
         model.metadata["operating_point_note"] = args.note
     model.save(args.output)

@@ -70,6 +70,21 @@ def load_lesion_model(path: str | Path | None = None, *, device: str | None = No
                        device=dev, metadata=meta)
 
 
+def set_operating_point(model: LesionModel, *, threshold: float | None = None, min_ml: float | None = None,
+                        refine: str | None = None, max_dense: float | None = None) -> LesionModel:
+    """Override the stored operating point of ``model`` in place where a value is given (``refine``
+    "on"/"off"); returns it. Used by the bench and by the tool that stores a chosen point."""
+    if threshold is not None:
+        model.threshold = threshold
+    if min_ml is not None:
+        model.min_ml = min_ml
+    if refine is not None:
+        model.refine_hu = refine == "on"
+    if max_dense is not None:
+        model.max_dense_fraction = max_dense
+    return model
+
+
 def probability_map(channels: np.ndarray, mask: np.ndarray, model: LesionModel) -> np.ndarray:
     """(I, J, K) float32 blood probability on the working grid from (C, I, J, K) input channels;
     only the box around the brain mask (plus 6 mm) goes through the network, 0 elsewhere."""
