@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 #: Final-score threshold used when the weights do not carry one.
 DEFAULT_THRESHOLD = 0.5
+#: Stage-1 candidates per scan when the weights do not say.
+DEFAULT_MAX_CANDIDATES = 60
 #: Stage-1 likelihood below which a peak is not a detection (unless the final threshold is lower).
 MIN_CANDIDATE_SCORE = 0.05
 #: Stage-1 likelihood down to which candidates are kept per subject in a cohort run (for `rescore`).
@@ -58,7 +60,9 @@ class Detector:
     proposer: Proposer
     reclassifier: object | None = None
     threshold: float = DEFAULT_THRESHOLD
-    max_candidates: int = 60
+    #: Stage-1 candidates per scan that stage 2 reads (the stage-2 weights say how many their operating
+    #: point was chosen with).
+    max_candidates: int = DEFAULT_MAX_CANDIDATES
 
     def detect(self, volume: Volume) -> Detections:
         """Microbleeds in one scan, highest score first; positions in scanner RAS mm."""
@@ -114,14 +118,16 @@ def load_detector(
     proposer = load_proposer(folder / "proposer.safetensors", device=device)
     reclassifier = None
     stored = proposer.metadata.get("threshold", DEFAULT_THRESHOLD)
+    max_candidates = DEFAULT_MAX_CANDIDATES
     reclassifier_path = folder / "reclassifier.safetensors"
     if reclassify and reclassifier_path.exists():
         from cmbdet.reclassifier.infer import load_reclassifier
 
         reclassifier = load_reclassifier(reclassifier_path, device=device)
         stored = reclassifier.threshold
+        max_candidates = int(reclassifier.metadata.get("max_candidates", DEFAULT_MAX_CANDIDATES))
     return Detector(proposer=proposer, reclassifier=reclassifier,
-                    threshold=float(stored if threshold is None else threshold))
+                    threshold=float(stored if threshold is None else threshold), max_candidates=max_candidates)
 
 
 def _weights_folder(weights_dir: str | Path | None) -> Path:

@@ -1,4 +1,8 @@
-"""Stage 2 at inference: score each stage-1 candidate's 2.5-D patch with the YOLO classifier."""
+"""Stage 2 at inference: score each stage-1 candidate with the YOLO classifier (its 2.5-D patch) and,
+when the weights carry one, the shape model (3-D ball-or-tube measurements, `cmbdet.reclassifier.shape`).
+
+The stage-2 probability is their weighted geometric mean, ``yolo ** (1 - shape_weight) *
+shape ** shape_weight``; the final score combines it with stage 1 (`final_score`)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from torch import nn
 
 from cmbdet.detections import Detections
 from cmbdet.reclassifier.patches import FOV_MM, PATCH_PIXELS, SLAB_MM, extract_patches
+from cmbdet.reclassifier.shape import shape_features
+from cmbdet.reclassifier.shape_model import ShapeModel
 from cmbdet.reclassifier.yolo import classifier_from_state
 from cmbdet.volume import Volume
 from cmbdet.weights import load_state, pick_device, save_state
@@ -30,6 +36,9 @@ class Reclassifier:
     stage1_weight: float = 0.0
     fov_mm: float = FOV_MM
     size: int = PATCH_PIXELS
+    #: The shape model and its share of the stage-2 probability (0: YOLO alone; 1: shape alone).
+    shape: ShapeModel | None = None
+    shape_weight: float = 0.0
     #: Which views make the patch channels (see `cmbdet.reclassifier.patches.LAYOUTS`) and their slab.
     layout: str = "planes"
     slab_mm: float = SLAB_MM
@@ -39,19 +48,26 @@ class Reclassifier:
 
     def save(self, path: str | Path) -> Path:
         meta = dict(self.metadata, kind="reclassifier", yaml=self.yaml, threshold=self.threshold,
-                    stage1_weight=self.stage1_weight,
+                    stage1_weight=self.stage1_weight, shape_weight=self.shape_weight if self.shape else 0.0,
+                    shape_features=list(self.shape.feature_names) if self.shape else None,
                     fov_mm=self.fov_mm, size=self.size, layout=self.layout, slab_mm=self.slab_mm,
                     class_names=list(self.class_names))
-        return save_state(path, self.net.state_dict(), meta)
+        state = dict(self.net.state_dict())
+        if self.shape is not None:
+            state |= {k: torch.from_numpy(v) for k, v in self.shape.arrays().items()}
+        return save_state(path, state, meta)
 
 
 def load_reclassifier(path: str | Path, *, device: str | None = None) -> Reclassifier:
     state, meta = load_state(path)
     names = tuple(meta.get("class_names", CLASS_NAMES))
+    shape_arrays = {k: state.pop(k).numpy() for k in list(state) if k.startswith("shape.")}
+    shape = ShapeModel.from_arrays(shape_arrays, meta["shape_features"]) if shape_arrays else None
     net = classifier_from_state(state, meta["yaml"], nc=len(names))
     dev = pick_device(device)
     return Reclassifier(net=net.to(dev), yaml=meta["yaml"], threshold=float(meta.get("threshold", 0.5)),
-                        stage1_weight=float(meta.get("stage1_weight", 0.0)),
+                        stage1_weight=float(meta.get("stage1_weight", 0.0)), shape=shape,
+                        shape_weight=float(meta.get("shape_weight", 0.0)) if shape else 0.0,
                         fov_mm=float(meta.get("fov_mm", FOV_MM)), size=int(meta.get("size", PATCH_PIXELS)),
                         layout=str(meta.get("layout", "planes")), slab_mm=float(meta.get("slab_mm", SLAB_MM)),
                         class_names=names, device=dev, metadata=meta)
@@ -86,6 +102,15 @@ def cmb_probability(reclassifier: Reclassifier, patches: np.ndarray, *, flips: b
     return torch.stack(probs).mean(0).cpu().numpy().astype(float)
 
 
+def stage2_probability(yolo: np.ndarray, shape: np.ndarray | None, shape_weight: float) -> np.ndarray:
+    """The stage-2 probability: weighted geometric mean of the YOLO and shape-model probabilities."""
+    yolo = np.clip(np.asarray(yolo, dtype=float), 1e-6, 1.0)
+    if shape is None or shape_weight <= 0:
+        return yolo
+    shape = np.clip(np.asarray(shape, dtype=float), 1e-6, 1.0)
+    return yolo ** (1.0 - shape_weight) * shape**shape_weight
+
+
 def final_score(stage1: np.ndarray, stage2: np.ndarray, stage1_weight: float) -> np.ndarray:
     """Weighted geometric mean of the stage-1 likelihood and the stage-2 probability: a candidate both
     stages find convincing scores high; with weight 0 this is the stage-2 probability alone."""
@@ -99,14 +124,20 @@ def reclassify(volume: Volume, candidates: Detections, reclassifier: Reclassifie
     if len(candidates) == 0:
         return candidates
     patches = candidate_patches(volume, candidates.xyz_mm, reclassifier)
-    stage2 = cmb_probability(reclassifier, patches)
+    yolo = cmb_probability(reclassifier, patches)
+    scores = {"yolo": yolo}
+    shape = None
+    if reclassifier.shape is not None:
+        shape = reclassifier.shape.probability(shape_features(volume, candidates.xyz_mm))
+        scores["shape"] = shape
+    stage2 = stage2_probability(yolo, shape, reclassifier.shape_weight)
     stage1 = candidates.stage_scores.get("stage1", candidates.score)
     return Detections(
         xyz_mm=candidates.xyz_mm,
         score=final_score(stage1, stage2, reclassifier.stage1_weight),
         diameter_mm=candidates.diameter_mm,
         region=candidates.region,
-        stage_scores={**candidates.stage_scores, "stage2": stage2},
+        stage_scores={**candidates.stage_scores, "stage2": stage2, **scores},
     )
 
 

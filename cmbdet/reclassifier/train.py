@@ -153,10 +153,13 @@ STAGE1_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 THRESHOLDS = tuple(np.round(np.arange(0.025, 0.976, 0.025), 3))
 
 
-def choose_operating_point(reclassifier: Reclassifier, mined: list[MinedScan], *,
-                           max_sensitivity_loss: float | None = 0.02,
-                           f1_tolerance: float = 0.02) -> tuple[float, float, dict]:
+def choose_operating_point(reclassifier: Reclassifier | None, mined: list[MinedScan], *,
+                           max_sensitivity_loss: float | None = 0.02, f1_tolerance: float = 0.02,
+                           stage2: list[np.ndarray] | None = None) -> tuple[float, float, dict]:
     """(stage-1 weight, threshold, pooled figures) end to end on these scans.
+
+    ``stage2``: each scan's stage-2 probabilities of its candidates, if already computed (otherwise
+    the reclassifier's YOLO scores the candidate patches).
 
     The best lesion-level F1 — unless a point where stage 2 loses at most ``max_sensitivity_loss`` of
     the sensitivity of all the stage-1 candidates it receives (its job is to drop mimics, not
@@ -164,7 +167,8 @@ def choose_operating_point(reclassifier: Reclassifier, mined: list[MinedScan], *
     stage-1 weight. ``pooled["rule"]`` says which rule chose the point.
     """
     truth = [row for m in mined for row in m.truth_rows]
-    stage2 = [cmb_probability(reclassifier, m.candidate_patches) for m in mined]
+    if stage2 is None:
+        stage2 = [cmb_probability(reclassifier, m.candidate_patches) for m in mined]
     every = [dict(row) for m in mined for row in m.candidate_rows]
     recall = evaluate(truth, every).pooled["sensitivity"] if every else float("nan")
 

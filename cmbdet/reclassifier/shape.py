@@ -1,0 +1,167 @@
+"""Is a dark spot a ball or a piece of tube? Three-dimensional shape measurements around a candidate.
+
+A microbleed is a round dark focus; a vein cut across by a slice looks the same in that slice but runs
+on, as a tube, in 3-D. These measurements describe the dark structure around each candidate in ways a
+site cannot change much: ratios of Hessian eigenvalues at several scales (a ball has three large ones,
+a tube two and a sheet one), and the extent and elongation of the dark region, all on a world-aligned
+cube resampled at ``STEP_MM`` around the point, with intensities taken relative to the surrounding
+tissue (so the scanner's scale, the bias field and the tissue contrast drop out) and the acquisition's
+own voxel size beside them (a thick slice smears a ball along its normal).
+
+`shape_features(volume, xyz_mm)` returns an (N, len(FEATURE_NAMES)) float32 array; the stage-2 shape
+model (`cmbdet.reclassifier.shape_model`) learns from these.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from nibabel.affines import voxel_sizes
+from scipy import ndimage
+
+from cmbdet.volume import Volume
+
+#: Sampling step of the local cube, mm, and its half-width.
+STEP_MM = 0.5
+HALF_MM = 10.0
+#: Gaussian scales (mm) of the Hessian measurements.
+SCALES_MM = (0.75, 1.0, 1.5, 2.0, 3.0)
+#: The candidate is moved to the darkest point (after 0.75 mm smoothing) within this radius, mm.
+REFINE_MM = 2.0
+#: Shell (mm from the centre) whose median is the surrounding tissue level.
+SHELL_MM = (5.0, 9.5)
+
+_PER_SCALE = ("blobness", "tubeness", "plateness", "strength", "l1", "l2", "l3")
+_REGION = ("volume_mm3", "axis1_mm", "axis2_mm", "axis3_mm", "elongation", "flatness", "reaches_edge",
+           "normal_alignment")
+FEATURE_NAMES: tuple[str, ...] = (
+    "depth", "cnr", "offset_mm",
+    *(f"s{s:g}_{n}" for s in SCALES_MM for n in _PER_SCALE),
+    *(f"half_{n}" for n in _REGION), *(f"quarter_{n}" for n in _REGION),
+    "n_dark_spots", "slice_mm", "inplane_mm",
+)
+
+
+def shape_features(volume: Volume, xyz_mm: np.ndarray) -> np.ndarray:
+    """(N, len(FEATURE_NAMES)) float32 shape measurements around N world points (scanner RAS mm)."""
+    xyz_mm = np.asarray(xyz_mm, dtype=float).reshape(-1, 3)
+    out = np.zeros((len(xyz_mm), len(FEATURE_NAMES)), dtype=np.float32)
+    source_sizes = voxel_sizes(volume.source.affine)
+    slice_axis = int(np.argmax(source_sizes))
+    normal = volume.source.affine[:3, slice_axis] / source_sizes[slice_axis]  # world direction
+    for n, point in enumerate(xyz_mm):
+        out[n] = _features_at(volume, point, normal, float(source_sizes.max()),
+                              float(np.sort(source_sizes)[:2].mean()))
+    return out
+
+
+def _features_at(volume: Volume, point_mm: np.ndarray, normal: np.ndarray, slice_mm: float,
+                 inplane_mm: float) -> np.ndarray:
+    cube = _world_cube(volume, point_mm)
+    if not np.isfinite(cube).any():  # the point lies outside the scan
+        return np.zeros(len(FEATURE_NAMES), dtype=np.float32)
+    smooth = ndimage.gaussian_filter(np.nan_to_num(cube, nan=np.nanmedian(cube)), 0.75 / STEP_MM)
+    radius = _radius_mm(cube.shape[0])
+    near = radius <= REFINE_MM
+    idx = np.unravel_index(np.argmin(np.where(near, smooth, np.inf)), cube.shape)
+    shift_mm = (np.array(idx) - cube.shape[0] // 2) * STEP_MM
+    centre_mm = point_mm + shift_mm
+    cube = _world_cube(volume, centre_mm)
+    shell = (radius >= SHELL_MM[0]) & (radius <= SHELL_MM[1]) & np.isfinite(cube) & (cube > 0)
+    level = float(np.median(cube[shell])) if shell.sum() > 20 else float(np.nanmedian(cube))
+    if not np.isfinite(level) or level <= 0:
+        return np.zeros(len(FEATURE_NAMES), dtype=np.float32)
+    relative = np.nan_to_num(cube / level - 1.0, nan=0.0)  # 0 = surrounding tissue, -1 = black
+    fine = ndimage.gaussian_filter(relative, 0.5 / STEP_MM)
+    centre = tuple(s // 2 for s in relative.shape)
+    depth = float(-fine[centre])
+    highpass = relative - ndimage.gaussian_filter(relative, 1.0 / STEP_MM)
+    noise = float(1.4826 * np.median(np.abs(highpass[shell] - np.median(highpass[shell])))) if shell.any() else 0.0
+    cnr = depth / max(noise, 1e-3)
+
+    per_scale = []
+    for sigma in SCALES_MM:
+        eig = np.sort(np.linalg.eigvalsh(_hessian_at_centre(relative, sigma)))  # l1 <= l2 <= l3
+        l1, l2, l3 = eig
+        top = max(abs(l3), 1e-6)
+        # A dark ball: three positive curvatures; a dark tube: two; a dark sheet: one.
+        per_scale += [max(l1, 0) / top, max(l2, 0) / top * (1 - max(l1, 0) / top), (1 - max(l2, 0) / top),
+                      max(l1, 0), l1, l2, l3]
+
+    regions = []
+    for fraction in (0.5, 0.25):
+        regions += _region_measurements(fine, depth * fraction, normal)
+    spots = _dark_spots(fine, depth * 0.5)
+    values = [depth, cnr, float(np.linalg.norm(shift_mm)), *per_scale, *regions, spots, slice_mm, inplane_mm]
+    return np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _world_cube(volume: Volume, centre_mm: np.ndarray) -> np.ndarray:
+    """(M, M, M) float32 of the scan on a world-aligned (RAS) grid of ``STEP_MM`` around a point; NaN
+    outside the scan."""
+    offsets = _offsets()
+    grid = np.stack(np.meshgrid(offsets, offsets, offsets, indexing="ij"), axis=-1).reshape(-1, 3)
+    ijk = volume.xyz_mm_to_ijk(centre_mm[None] + grid)
+    values = ndimage.map_coordinates(volume.data, ijk.T, order=1, mode="constant", cval=np.nan)
+    return values.reshape((len(offsets),) * 3).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _offsets() -> np.ndarray:
+    n = int(round(HALF_MM / STEP_MM))
+    return np.arange(-n, n + 1) * STEP_MM
+
+
+@lru_cache(maxsize=2)
+def _radius_mm(size: int) -> np.ndarray:
+    offsets = _offsets()
+    x, y, z = np.meshgrid(offsets, offsets, offsets, indexing="ij")
+    return np.sqrt(x**2 + y**2 + z**2)
+
+
+@lru_cache(maxsize=len(SCALES_MM))
+def _hessian_kernels(sigma_mm: float) -> np.ndarray:
+    """(6, M, M, M) scale-normalized second-derivative-of-Gaussian kernels (xx, yy, zz, xy, xz, yz)."""
+    offsets = _offsets()
+    x, y, z = np.meshgrid(offsets, offsets, offsets, indexing="ij")
+    g = np.exp(-(x**2 + y**2 + z**2) / (2 * sigma_mm**2))
+    g /= g.sum()
+    s2 = sigma_mm**2
+    kernels = [(x**2 / s2 - 1) * g, (y**2 / s2 - 1) * g, (z**2 / s2 - 1) * g, x * y / s2 * g, x * z / s2 * g,
+               y * z / s2 * g]
+    return np.stack(kernels).astype(np.float32)  # sigma^2 * d2G/dxdy, so values are scale-normalized
+
+
+def _hessian_at_centre(relative: np.ndarray, sigma_mm: float) -> np.ndarray:
+    k = _hessian_kernels(sigma_mm)
+    xx, yy, zz, xy, xz, yz = (float((kernel * relative).sum()) for kernel in k)
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+
+
+def _region_measurements(fine: np.ndarray, level: float, normal: np.ndarray) -> list[float]:
+    """Extent of the dark region containing the centre, darker than ``-level`` (relative intensity)."""
+    if level <= 0:
+        return [0.0] * len(_REGION)
+    labels, _ = ndimage.label(fine < -level)
+    centre = tuple(s // 2 for s in fine.shape)
+    if labels[centre] == 0:
+        return [0.0] * len(_REGION)
+    coords = np.argwhere(labels == labels[centre]) * STEP_MM
+    volume_mm3 = len(coords) * STEP_MM**3
+    edge = labels.shape[0] - 1
+    reaches_edge = float(np.any(np.argwhere(labels == labels[centre]) % edge == 0))
+    if len(coords) < 4:
+        return [volume_mm3, 0.0, 0.0, 0.0, 1.0, 1.0, reaches_edge, 0.0]
+    evals, evecs = np.linalg.eigh(np.cov(coords.T) + np.eye(3) * STEP_MM**2 / 12)
+    a3, a2, a1 = np.sqrt(np.maximum(evals, 1e-9))  # ascending -> a1 longest
+    alignment = float(abs(evecs[:, 2] @ normal))  # 1: longest axis along the slice normal
+    return [volume_mm3, a1, a2, a3, a1 / a3, a2 / a3, reaches_edge, alignment]
+
+
+def _dark_spots(fine: np.ndarray, level: float) -> float:
+    """Dark regions (deeper than half the centre's depth) in the cube other than the centre's own."""
+    if level <= 0:
+        return 0.0
+    _, count = ndimage.label(fine < -level)
+    return float(max(count - 1, 0))

@@ -1,0 +1,124 @@
+"""Stage 2's shape model: ball-or-tube measurements, the tree ensemble kept as arrays, and its place
+in the stage-2 weights and scores."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cmbdet.reclassifier.shape import FEATURE_NAMES, shape_features
+from cmbdet.reclassifier.shape_model import ShapeModel, fit_shape_model
+from cmbdet.volume import volume_from_image
+
+
+def _scene(affine: np.ndarray, scale: float = 100.0, shape=(72, 72, 48)):
+    """A volume with a dark ball (3 mm) at world (10, -20, 5) and a dark tube (1.6 mm) along an
+    oblique line through (-15, -20, 5)."""
+    data = np.full(shape, 1.0, dtype=np.float32)
+    ijk = np.indices(shape).reshape(3, -1).T
+    world = nib.affines.apply_affine(affine, ijk)
+    ball = np.linalg.norm(world - [10, -20, 5], axis=1) <= 1.5
+    direction = np.array([1.0, 0.6, 1.0]) / np.linalg.norm([1.0, 0.6, 1.0])
+    rel = world - [-15, -20, 5]
+    along = rel @ direction
+    tube = np.linalg.norm(rel - along[:, None] * direction, axis=1) <= 0.8
+    flat = data.reshape(-1)
+    flat[ball | tube] = 0.15
+    rng = np.random.default_rng(0)
+    data = data + rng.normal(0, 0.02, data.shape).astype(np.float32)
+    return volume_from_image(nib.Nifti1Image(data * scale, affine))
+
+
+AFFINE = np.array([[-0.5, 0, 0, 20], [0, 0.5, 0, -38], [0, 0, 1.0, -18], [0, 0, 0, 1]])  # LAS, 0.5 x 0.5 x 1 mm
+
+
+def _named(row: np.ndarray) -> dict[str, float]:
+    return dict(zip(FEATURE_NAMES, row.tolist(), strict=True))
+
+
+def test_a_ball_and_a_tube_are_told_apart_whatever_the_intensity_scale():
+    volume = _scene(AFFINE)
+    ball, tube = (_named(r) for r in shape_features(volume, [[10.4, -20.3, 5.5], [-15, -20, 5]]))
+    assert ball["depth"] > 0.5 and tube["depth"] > 0.4, "both are dark against the tissue around them"
+    assert ball["offset_mm"] < 1.5, "the candidate moves onto the darkest point"
+    assert ball["s1_blobness"] > 0.5 > tube["s1_blobness"]
+    assert tube["s1_tubeness"] > ball["s1_tubeness"]
+    assert tube["quarter_elongation"] > 2 * ball["quarter_elongation"]
+    assert ball["slice_mm"] == pytest.approx(1.0) and ball["inplane_mm"] == pytest.approx(0.5)
+    rescaled = shape_features(_scene(AFFINE, scale=7.0), [[10.4, -20.3, 5.5], [-15, -20, 5]])
+    np.testing.assert_allclose(rescaled, shape_features(volume, [[10.4, -20.3, 5.5], [-15, -20, 5]]),
+                               rtol=1e-3, atol=1e-3)
+
+
+def test_features_do_not_depend_on_the_axis_order_of_the_file():
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    volume = _scene(AFFINE)
+    image = nib.Nifti1Image(np.asarray(volume.data), volume.affine)  # canonical RAS
+    reordered = image.as_reoriented(ornt_transform(io_orientation(image.affine), axcodes2ornt(("P", "I", "R"))))
+    other = volume_from_image(reordered)
+    assert nib.aff2axcodes(other.source.affine) == ("P", "I", "R")
+    points = [[10.4, -20.3, 5.5], [-15, -20, 5]]
+    np.testing.assert_allclose(shape_features(other, points), shape_features(volume, points), atol=1e-4)
+
+
+def test_points_outside_or_on_flat_tissue_give_finite_rows():
+    volume = _scene(AFFINE)
+    rows = shape_features(volume, [[500.0, 0, 0], [0.0, 0.0, 5.0]])
+    assert rows.shape == (2, len(FEATURE_NAMES)) and np.isfinite(rows).all()
+    assert shape_features(volume, np.zeros((0, 3))).shape == (0, len(FEATURE_NAMES))
+
+
+def _toy_data(n=1500, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, len(FEATURE_NAMES)))
+    y = x[:, 0] + 0.5 * x[:, 5] ** 2 + rng.normal(size=n) > 0.8
+    return x, y
+
+
+def test_tree_arrays_score_exactly_as_scikit_learn_and_survive_a_round_trip():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    x, y = _toy_data()
+    model = fit_shape_model(x, y, max_iter=40, seed=3)
+    reference = HistGradientBoostingClassifier(max_iter=40, learning_rate=0.05, max_leaf_nodes=15,
+                                               min_samples_leaf=40, l2_regularization=1.0, early_stopping=False,
+                                               random_state=3).fit(x, y)
+    np.testing.assert_allclose(model.probability(x), reference.predict_proba(x)[:, 1], atol=1e-12)
+    x_missing = x.copy()
+    x_missing[::7, 0] = np.nan
+    np.testing.assert_allclose(model.probability(x_missing), reference.predict_proba(x_missing)[:, 1], atol=1e-12)
+    again = ShapeModel.from_arrays(model.arrays(), FEATURE_NAMES)
+    np.testing.assert_array_equal(again.probability(x), model.probability(x))
+    with pytest.raises(ValueError, match="other shape features"):
+        ShapeModel.from_arrays(model.arrays(), FEATURE_NAMES[:-1])
+    with pytest.raises(ValueError, match="both"):
+        fit_shape_model(x, np.ones(len(x), bool))
+
+
+def test_stage2_weights_carry_the_shape_model_and_detections_show_both_scores(tmp_path):
+    from cmbdet.detections import Detections
+    from cmbdet.reclassifier.infer import Reclassifier, load_reclassifier, reclassify, stage2_probability
+    from cmbdet.reclassifier.yolo import build_classifier
+
+    x, y = _toy_data()
+    shape = fit_shape_model(x, y, max_iter=20)
+    net = build_classifier(2)
+    yaml = dict(net.yaml)
+    model = Reclassifier(net=net, yaml=yaml, threshold=0.3, stage1_weight=0.2, shape=shape, shape_weight=0.75,
+                         layout="mips")
+    path = model.save(tmp_path / "stage2.safetensors")
+    loaded = load_reclassifier(path)
+    assert loaded.shape is not None and loaded.shape_weight == 0.75 and loaded.layout == "mips"
+    np.testing.assert_array_equal(loaded.shape.probability(x[:50]), shape.probability(x[:50]))
+
+    volume = _scene(AFFINE)
+    candidates = Detections(xyz_mm=np.array([[10.4, -20.3, 5.5], [-15.0, -20.0, 5.0]]), score=np.array([0.6, 0.5]),
+                            diameter_mm=np.array([3.0, 3.0]), stage_scores={"stage1": np.array([0.6, 0.5])})
+    scored = reclassify(volume, candidates, loaded)
+    assert {"yolo", "shape", "stage2"} <= set(scored.stage_scores)
+    expected = stage2_probability(scored.stage_scores["yolo"], scored.stage_scores["shape"], 0.75)
+    np.testing.assert_allclose(scored.stage_scores["stage2"], expected)
+    np.testing.assert_allclose(stage2_probability(np.array([0.25]), np.array([0.81]), 0.5), [0.45])
+    np.testing.assert_allclose(stage2_probability(np.array([0.25]), None, 0.5), [0.25])
