@@ -234,6 +234,11 @@ def _parser() -> argparse.ArgumentParser:
                         "intensity projections over --slab-mm in the three orientations, default) or mixed "
                         "(axial plane + coronal/sagittal mIPs); stored in the weights")
     p.add_argument("--slab-mm", type=float, default=SLAB_MM, help=f"mIP slab thickness, mm (default {SLAB_MM:g})")
+    p.add_argument("--max-candidates", type=int, default=60,
+                   help="stage-1 candidates mined per scan (default 60); detect reads at most this many, as "
+                        "many as the validation scans chose")
+    p.add_argument("--no-shape", action="store_true",
+                   help="train the YOLO classifier alone, without the 3-D shape model beside it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="keep the patch images and ultralytics run here (default: a temp folder)")
     p.add_argument("--device", default="cpu")
@@ -661,7 +666,8 @@ def _train_reclassifier(args) -> int:
     val = [s for source in args.val for s in read_labelled_set(source)] if args.val else None
     reclassifier = train_reclassifier(scans, proposer, rng, val_scans=val, epochs=args.epochs,
                                       batch=args.batch_size, fov_mm=args.fov_mm, layout=args.layout,
-                                      slab_mm=args.slab_mm, device=args.device,
+                                      slab_mm=args.slab_mm, device=args.device, shape=not args.no_shape,
+                                      max_candidates=args.max_candidates,
                                       workdir=Path(args.workdir) if args.workdir else None,
                                       log=_training_output(args)[0], progress=_training_output(args)[1])
     reclassifier.metadata.update(seed=args.seed, training_data=describe_sources(args.data, scans),

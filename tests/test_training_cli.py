@@ -47,6 +47,8 @@ def test_train_both_stages_then_detect_and_evaluate(tiny_phantoms, tiny_validati
     assert meta["kind"] == "reclassifier" and meta["yaml"]["nc"] == 2
     assert 0.0 < meta["threshold"] < 1.0 and 0.0 <= meta["stage1_weight"] < 1.0
     assert meta["train_scans"] == 5 and meta["val_scans"] == 2
+    assert meta["shape_features"] and 0.0 <= meta["shape_weight"] <= 1.0, "the shape model is trained beside YOLO"
+    assert 0 < meta["max_candidates"] <= 60
 
     out = tmp_path / "out"
     code = main(["detect", str(tiny_phantoms), "-o", str(out), "--weights", str(weights), "--threshold", "0",
@@ -55,7 +57,7 @@ def test_train_both_stages_then_detect_and_evaluate(tiny_phantoms, tiny_validati
     with open(out / "detections.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert rows, "threshold 0 keeps every candidate"
-    assert {"stage1_score", "stage2_score"} <= set(rows[0])
+    assert {"stage1_score", "stage2_score", "yolo_score", "shape_score"} <= set(rows[0])
     from cmbdet.reclassifier.infer import final_score
 
     for r in rows:  # the final score combines both stages as the weights say

@@ -31,23 +31,28 @@ def _samples(scan, proposer, reclassifier, count: int, cache: Path, want_yolo: b
     """A scan's `ShapeSamples` (and the YOLO probabilities of its candidates if ``want_yolo``), cached."""
     from cmbdet.proposer.infer import propose_candidates
     from cmbdet.reclassifier.infer import candidate_patches, cmb_probability
-    from cmbdet.reclassifier.shape_train import ShapeSamples, shape_samples
+    from cmbdet.reclassifier.shape import shape_features
+    from cmbdet.reclassifier.shape_train import ShapeSamples, known_mimics, shape_samples
     from cmbdet.volume import load_volume
 
     path = cache / f"{scan.subject}.npz"
     stored = dict(np.load(path)) if path.exists() else None
+    if stored is not None and "mimic" not in stored:  # measured before mimics were: add them
+        stored["mimic"] = shape_features(load_volume(scan.image_path), known_mimics(scan))
+        np.savez(path, **stored)
     if stored is not None and (not want_yolo or "yolo" in stored):
         xyz, stage1 = stored["xyz"].reshape(-1, 3), stored["stage1"]
         rows = [{"subject": scan.subject, "x_mm": float(p[0]), "y_mm": float(p[1]), "z_mm": float(p[2]),
                  "score": float(s)} for p, s in zip(xyz, stage1, strict=True)]
         samples = ShapeSamples(scan.subject, rows, stored["cand"], stored["hit"] >= 0, stored["clear"].astype(bool),
-                               stored["truth"], scan.truth_records())
+                               stored["truth"], scan.truth_records(), stored["mimic"])
         return samples, stored.get("yolo")
     volume = load_volume(scan.image_path)
     found = propose_candidates(volume, proposer, max_candidates=count)
     samples = shape_samples(scan, volume, found.xyz_mm, found.score)
     arrays = {"cand": samples.candidate_features, "truth": samples.truth_features, "stage1": found.score,
-              "hit": np.where(samples.is_cmb, 0, -1), "clear": samples.clear_mimic, "xyz": found.xyz_mm}
+              "hit": np.where(samples.is_cmb, 0, -1), "clear": samples.clear_mimic, "xyz": found.xyz_mm,
+              "mimic": samples.mimic_features}
     yolo = None
     if want_yolo:
         yolo = cmb_probability(reclassifier, candidate_patches(volume, found.xyz_mm, reclassifier))

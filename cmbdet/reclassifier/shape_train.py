@@ -2,9 +2,10 @@
 
 The shape model learns from the stage-1 candidates of labelled training scans (a candidate that
 matches a microbleed is one, a candidate farther than 6 mm from every microbleed is a mimic; ones in
-between are left out) plus the microbleeds' own centres. How much it counts — its share of the
-stage-2 probability, the stage-1 weight, the threshold and how many stage-1 candidates stage 2 reads
-— is chosen on validation scans of another family, never on the training scans.
+between are left out), the microbleeds' own centres, and up to `MAX_MIMICS` known mimic points per
+scan (veins, iron, calcifications, air-bone artefacts from the phantom's ``mimics.csv``). How much
+it counts — its share of the stage-2 probability, the stage-1 weight, the threshold and how many
+stage-1 candidates stage 2 reads — is chosen on validation scans of another family, never on the training scans.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from cmbdet.volume import Volume
 
 #: Shares of the shape model in the stage-2 probability tried on the validation scans.
 SHAPE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: Known mimic points measured per training scan.
+MAX_MIMICS = 12
 #: Numbers of stage-1 candidates per scan tried on the validation scans.
 CANDIDATE_COUNTS = (30, 60, 100, 150)
 
@@ -37,11 +40,13 @@ class ShapeSamples:
     clear_mimic: np.ndarray  # (N,) bool: farther than 6 mm from every microbleed
     truth_features: np.ndarray  # (M, n_features) at the microbleeds' centres
     truth_rows: list[dict]
+    mimic_features: np.ndarray  # (K, n_features) at known mimics farther than 6 mm from every microbleed
 
     def first(self, count: int) -> ShapeSamples:
         """The same scan with only its ``count`` best stage-1 candidates."""
         return ShapeSamples(self.subject, self.candidate_rows[:count], self.candidate_features[:count],
-                            self.is_cmb[:count], self.clear_mimic[:count], self.truth_features, self.truth_rows)
+                            self.is_cmb[:count], self.clear_mimic[:count], self.truth_features, self.truth_rows,
+                            self.mimic_features)
 
 
 def shape_samples(scan: LabelledScan, volume: Volume, candidate_xyz_mm: np.ndarray,
@@ -54,7 +59,16 @@ def shape_samples(scan: LabelledScan, volume: Volume, candidate_xyz_mm: np.ndarr
     rows = [{"subject": scan.subject, "x_mm": float(p[0]), "y_mm": float(p[1]), "z_mm": float(p[2]),
              "score": float(s)} for p, s in zip(candidate_xyz_mm, stage1, strict=True)]
     return ShapeSamples(scan.subject, rows, shape_features(volume, candidate_xyz_mm), matched >= 0, clear,
-                        shape_features(volume, scan.cmb_xyz_mm), scan.truth_records())
+                        shape_features(volume, scan.cmb_xyz_mm), scan.truth_records(),
+                        shape_features(volume, known_mimics(scan)))
+
+
+def known_mimics(scan: LabelledScan, limit: int = MAX_MIMICS) -> np.ndarray:
+    """(K, 3) the first ``limit`` known mimic points of a scan farther than 6 mm from every microbleed."""
+    mimics = scan.mimic_xyz_mm.reshape(-1, 3)
+    if len(scan.cmb_xyz_mm) and len(mimics):
+        mimics = mimics[np.linalg.norm(mimics[:, None] - scan.cmb_xyz_mm[None], axis=-1).min(1) > 6.0]
+    return mimics[:limit]
 
 
 def train_shape_model(samples: Sequence[ShapeSamples], *, seed: int = 0) -> ShapeModel:
@@ -62,8 +76,8 @@ def train_shape_model(samples: Sequence[ShapeSamples], *, seed: int = 0) -> Shap
     features, labels = [], []
     for s in samples:
         keep = s.is_cmb | s.clear_mimic
-        features += [s.candidate_features[keep], s.truth_features]
-        labels += [s.is_cmb[keep], np.ones(len(s.truth_features), bool)]
+        features += [s.candidate_features[keep], s.truth_features, s.mimic_features]
+        labels += [s.is_cmb[keep], np.ones(len(s.truth_features), bool), np.zeros(len(s.mimic_features), bool)]
     return fit_shape_model(np.concatenate(features), np.concatenate(labels), seed=seed)
 
 

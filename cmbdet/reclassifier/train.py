@@ -9,6 +9,10 @@ contrast, blur, lower resolution, noise, small rotations and zoom), seeded; ultr
 mild zoom and brightness jitter during training. Subjects are split into train / validation; the
 operating point (the stage-1 weight of the final score and the threshold) is the one with the best
 lesion-level F1 on the validation subjects, end to end (stage 1 then stage 2).
+
+The shape model of stage 2 (`cmbdet.reclassifier.shape_train`) learns from the same mined candidates;
+its share of the stage-2 probability and the number of candidates stage 2 reads are chosen on the
+validation subjects with the operating point.
 """
 
 from __future__ import annotations
@@ -28,6 +32,13 @@ from cmbdet.evaluate import best_f1_threshold, evaluate, match_detections
 from cmbdet.proposer.infer import Proposer, propose_candidates
 from cmbdet.reclassifier.infer import CLASS_NAMES, Reclassifier, cmb_probability, final_score
 from cmbdet.reclassifier.patches import FOV_MM, PATCH_PIXELS, SLAB_MM, extract_patches
+from cmbdet.reclassifier.shape_train import (
+    CANDIDATE_COUNTS,
+    ShapeSamples,
+    choose_stage2_point,
+    shape_samples,
+    train_shape_model,
+)
 from cmbdet.reclassifier.yolo import train_classifier
 from cmbdet.training_data import LabelledScan, hold_out
 from cmbdet.volume import Volume, load_volume
@@ -44,6 +55,8 @@ class MinedScan:
     candidate_patches: np.ndarray
     candidate_rows: list[dict]
     truth_rows: list[dict]
+    #: The same candidates measured for the shape model (when mined with ``shape=True``).
+    shape: ShapeSamples | None = None
 
 
 @dataclass
@@ -99,11 +112,14 @@ def mine_points(scan: LabelledScan, proposer: Proposer, rng: np.random.Generator
 
 def mine_scan(scan: LabelledScan, proposer: Proposer, rng: np.random.Generator, *, max_candidates: int = 40,
               max_mimics: int = 12, jitter_copies: int = 2, fov_mm: float = FOV_MM, layout: str = "planes",
-              slab_mm: float = SLAB_MM) -> MinedScan:
-    """`mine_points` then the patches of one layout."""
+              slab_mm: float = SLAB_MM, shape: bool = False) -> MinedScan:
+    """`mine_points` then the patches of one layout (and, with ``shape``, the shape measurements)."""
     mined = mine_points(scan, proposer, rng, max_candidates=max_candidates, max_mimics=max_mimics,
                         jitter_copies=jitter_copies)
-    return mined.patches(fov_mm=fov_mm, layout=layout, slab_mm=slab_mm)
+    out = mined.patches(fov_mm=fov_mm, layout=layout, slab_mm=slab_mm)
+    if shape:
+        out.shape = shape_samples(scan, mined.volume, mined.candidates.xyz_mm, mined.candidates.score)
+    return out
 
 
 def patch_augmenter(seed: int):
@@ -201,12 +217,14 @@ def train_reclassifier(
     scans: list[LabelledScan], proposer: Proposer, rng: np.random.Generator, *,
     val_scans: list[LabelledScan] | None = None, epochs: int = 30, batch: int = 64, val_fraction: float = 0.15,
     fov_mm: float = FOV_MM, layout: str = "planes", slab_mm: float = SLAB_MM, workdir: Path | None = None,
-    device: str = "cpu", log: Callable[[str], None] = print, progress: bool = False,
+    device: str = "cpu", log: Callable[[str], None] = print, progress: bool = False, shape: bool = True,
+    max_candidates: int = 60,
 ) -> Reclassifier:
     """Mine, write the patch dataset, train with ultralytics, choose the operating point; seeded by
     ``rng``. Validation (best epoch, operating point) is on ``val_scans`` if given, else on
     ``val_fraction`` of the subjects of ``scans``, held out. ``progress``: a tqdm bar with ETA on stderr
-    while candidates are mined (ultralytics reports its epochs itself)."""
+    while candidates are mined (ultralytics reports its epochs itself). ``shape``: also train the shape
+    model on the ``max_candidates`` stage-1 candidates mined per scan."""
     import sys
 
     from tqdm import tqdm
@@ -217,19 +235,21 @@ def train_reclassifier(
     everything = [(s, mined_train) for s in scans] + [(s, mined_val) for s in val_scans]
     for n, (scan, into) in enumerate(tqdm(everything, desc="mining candidates", unit="scan", file=sys.stderr,
                                           dynamic_ncols=True, disable=not progress, leave=False)):
-        into.append(mine_scan(scan, proposer, rng, fov_mm=fov_mm, layout=layout, slab_mm=slab_mm))
+        into.append(mine_scan(scan, proposer, rng, max_candidates=max_candidates, fov_mm=fov_mm, layout=layout,
+                              slab_mm=slab_mm, shape=shape))
         if (n + 1) % 10 == 0 or n + 1 == len(everything):
             log(f"mined {n + 1}/{len(everything)} scans")
     return fit_reclassifier(mined_train, mined_val, rng, epochs=epochs, batch=batch, fov_mm=fov_mm, layout=layout,
-                            slab_mm=slab_mm, workdir=workdir, device=device, log=log)
+                            slab_mm=slab_mm, workdir=workdir, device=device, log=log, max_candidates=max_candidates)
 
 
 def fit_reclassifier(
     mined_train: list[MinedScan], mined_val: list[MinedScan], rng: np.random.Generator, *, epochs: int = 30,
     batch: int = 64, fov_mm: float = FOV_MM, layout: str = "planes", slab_mm: float = SLAB_MM,
-    workdir: Path | None = None, device: str = "cpu", log: Callable[[str], None] = print,
+    workdir: Path | None = None, device: str = "cpu", log: Callable[[str], None] = print, max_candidates: int = 60,
 ) -> Reclassifier:
-    """Train on mined patches (of ``layout``) and choose the operating point on ``mined_val``."""
+    """Train on mined patches (of ``layout``) and choose the operating point on ``mined_val``.
+    ``max_candidates``: how many stage-1 candidates per scan were mined (detect reads as many)."""
     with tempfile.TemporaryDirectory(prefix="cmbdet-stage2-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         dataset = root / "patches"
@@ -241,6 +261,12 @@ def fit_reclassifier(
     reclassifier = Reclassifier(net=net, yaml=yaml, fov_mm=fov_mm, layout=layout, slab_mm=slab_mm)
     weight, threshold, pooled = choose_operating_point(reclassifier, mined_val or mined_train)
     reclassifier.threshold, reclassifier.stage1_weight = threshold, weight
+    reclassifier.metadata["max_candidates"] = max_candidates
+    if all(m.shape is not None for m in mined_train + mined_val):
+        chosen = _add_shape_model(reclassifier, mined_train, mined_val or mined_train, rng, log, max_candidates)
+        if chosen is not None:
+            weight, threshold, pooled = chosen
+            reclassifier.threshold, reclassifier.stage1_weight = threshold, weight
     reclassifier.metadata.update(
         epochs=epochs, train_scans=len(mined_train), val_scans=len(mined_val), train_patches=train_counts,
         val_threshold=threshold, val_stage1_weight=weight, val_sensitivity=pooled.get("sensitivity"),
@@ -248,7 +274,28 @@ def fit_reclassifier(
         val_fp_per_subject=pooled.get("fp_per_subject"), operating_point_rule=pooled.get("rule"),
         val_candidate_recall=pooled.get("candidate_recall"),
     )
-    log(f"stage-1 weight {weight:.1f}, threshold {threshold:.2f}: validation sensitivity "
+    log(f"stage-1 weight {weight:.1f}, shape share {reclassifier.shape_weight:.2f}, threshold {threshold:.2f}: "
+        f"validation sensitivity "
         f"{pooled.get('sensitivity', float('nan')):.3f} precision {pooled.get('precision', float('nan')):.3f} "
         f"F1 {pooled.get('f1', float('nan')):.3f}")
     return reclassifier
+
+
+def _add_shape_model(reclassifier: Reclassifier, mined_train: list[MinedScan], mined_val: list[MinedScan],
+                     rng: np.random.Generator, log: Callable[[str], None],
+                     max_candidates: int) -> tuple[float, float, dict] | None:
+    """Train the shape model and choose, on ``mined_val``, its share, the candidate count and the
+    operating point (`choose_stage2_point`); returns (stage-1 weight, threshold, pooled figures), or
+    None when there is nothing to learn it from."""
+    samples = [m.shape for m in mined_train]
+    try:
+        shape = train_shape_model(samples, seed=int(rng.integers(2**31)))
+    except ValueError as err:  # e.g. no microbleed among the training scans
+        log(f"no shape model: {err}")
+        return None
+    yolo = [cmb_probability(reclassifier, m.candidate_patches) for m in mined_val]
+    counts = sorted({c for c in CANDIDATE_COUNTS if c < max_candidates} | {max_candidates})
+    best, _ = choose_stage2_point([m.shape for m in mined_val], yolo, shape, counts=counts)
+    reclassifier.shape, reclassifier.shape_weight = shape, best["shape_weight"]
+    reclassifier.metadata.update(max_candidates=best["max_candidates"], val_shape_weight=best["shape_weight"])
+    return best["stage1_weight"], best["threshold"], best
