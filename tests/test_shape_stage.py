@@ -14,13 +14,13 @@ from cmbdet.volume import volume_from_image
 
 def _scene(affine: np.ndarray, scale: float = 100.0, shape=(72, 72, 48)):
     """A volume with a dark ball (3 mm) at world (10, -20, 5) and a dark tube (1.6 mm) along an
-    oblique line through (-15, -20, 5)."""
+    oblique line through (-5, -20, 5)."""
     data = np.full(shape, 1.0, dtype=np.float32)
     ijk = np.indices(shape).reshape(3, -1).T
     world = nib.affines.apply_affine(affine, ijk)
     ball = np.linalg.norm(world - [10, -20, 5], axis=1) <= 1.5
     direction = np.array([1.0, 0.6, 1.0]) / np.linalg.norm([1.0, 0.6, 1.0])
-    rel = world - [-15, -20, 5]
+    rel = world - [-5, -20, 5]
     along = rel @ direction
     tube = np.linalg.norm(rel - along[:, None] * direction, axis=1) <= 0.8
     flat = data.reshape(-1)
@@ -39,15 +39,16 @@ def _named(row: np.ndarray) -> dict[str, float]:
 
 def test_a_ball_and_a_tube_are_told_apart_whatever_the_intensity_scale():
     volume = _scene(AFFINE)
-    ball, tube = (_named(r) for r in shape_features(volume, [[10.4, -20.3, 5.5], [-15, -20, 5]]))
+    ball, tube = (_named(r) for r in shape_features(volume, [[10.4, -20.3, 5.5], [-5, -20, 5]]))
     assert ball["depth"] > 0.5 and tube["depth"] > 0.4, "both are dark against the tissue around them"
     assert ball["offset_mm"] < 1.5, "the candidate moves onto the darkest point"
     assert ball["s1_blobness"] > 0.5 > tube["s1_blobness"]
     assert tube["s1_tubeness"] > ball["s1_tubeness"]
     assert tube["quarter_elongation"] > 2 * ball["quarter_elongation"]
+    assert tube["through_darkness"] > 0.5 > ball["through_darkness"], "the tube runs on through its dot"
     assert ball["slice_mm"] == pytest.approx(1.0) and ball["inplane_mm"] == pytest.approx(0.5)
-    rescaled = shape_features(_scene(AFFINE, scale=7.0), [[10.4, -20.3, 5.5], [-15, -20, 5]])
-    np.testing.assert_allclose(rescaled, shape_features(volume, [[10.4, -20.3, 5.5], [-15, -20, 5]]),
+    rescaled = shape_features(_scene(AFFINE, scale=7.0), [[10.4, -20.3, 5.5], [-5, -20, 5]])
+    np.testing.assert_allclose(rescaled, shape_features(volume, [[10.4, -20.3, 5.5], [-5, -20, 5]]),
                                rtol=1e-3, atol=1e-3)
 
 
@@ -59,7 +60,7 @@ def test_features_do_not_depend_on_the_axis_order_of_the_file():
     reordered = image.as_reoriented(ornt_transform(io_orientation(image.affine), axcodes2ornt(("P", "I", "R"))))
     other = volume_from_image(reordered)
     assert nib.aff2axcodes(other.source.affine) == ("P", "I", "R")
-    points = [[10.4, -20.3, 5.5], [-15, -20, 5]]
+    points = [[10.4, -20.3, 5.5], [-5, -20, 5]]
     np.testing.assert_allclose(shape_features(other, points), shape_features(volume, points), atol=1e-4)
 
 
@@ -114,7 +115,7 @@ def test_stage2_weights_carry_the_shape_model_and_detections_show_both_scores(tm
     np.testing.assert_array_equal(loaded.shape.probability(x[:50]), shape.probability(x[:50]))
 
     volume = _scene(AFFINE)
-    candidates = Detections(xyz_mm=np.array([[10.4, -20.3, 5.5], [-15.0, -20.0, 5.0]]), score=np.array([0.6, 0.5]),
+    candidates = Detections(xyz_mm=np.array([[10.4, -20.3, 5.5], [-5.0, -20.0, 5.0]]), score=np.array([0.6, 0.5]),
                             diameter_mm=np.array([3.0, 3.0]), stage_scores={"stage1": np.array([0.6, 0.5])})
     scored = reclassify(volume, candidates, loaded)
     assert {"yolo", "shape", "stage2"} <= set(scored.stage_scores)
@@ -122,3 +123,36 @@ def test_stage2_weights_carry_the_shape_model_and_detections_show_both_scores(tm
     np.testing.assert_allclose(scored.stage_scores["stage2"], expected)
     np.testing.assert_allclose(stage2_probability(np.array([0.25]), np.array([0.81]), 0.5), [0.45])
     np.testing.assert_allclose(stage2_probability(np.array([0.25]), None, 0.5), [0.25])
+
+
+def test_validation_chooses_the_shape_share_and_candidate_count_that_score_best():
+    from cmbdet.reclassifier.shape_train import ShapeSamples, choose_stage2_point, train_shape_model
+
+    rng = np.random.default_rng(5)
+    n_features = len(FEATURE_NAMES)
+
+    def scan(subject: str, n_cmb: int, n_candidates: int = 40) -> tuple[ShapeSamples, np.ndarray]:
+        cmb_xyz = rng.uniform(-50, 50, (n_cmb, 3))
+        mimic_xyz = rng.uniform(-50, 50, (n_candidates - n_cmb, 3))
+        xyz = np.concatenate([cmb_xyz, mimic_xyz])
+        is_cmb = np.arange(n_candidates) < n_cmb
+        features = rng.normal(size=(n_candidates, n_features))
+        features[:, 0] += np.where(is_cmb, 3.0, 0.0)  # the shape feature that tells them apart
+        stage1 = np.where(is_cmb, 0.5, 0.5) + rng.uniform(-0.05, 0.05, n_candidates)
+        order = np.argsort(-stage1)
+        rows = [{"subject": subject, "x_mm": p[0], "y_mm": p[1], "z_mm": p[2], "score": s}
+                for p, s in zip(xyz[order], stage1[order], strict=True)]
+        truth = [{"subject": subject, "x_mm": p[0], "y_mm": p[1], "z_mm": p[2], "diameter_mm": 3.0} for p in cmb_xyz]
+        samples = ShapeSamples(subject, rows, features[order], is_cmb[order], ~is_cmb[order],
+                               features[:n_cmb] + 0.1, truth, np.zeros((0, n_features)))
+        yolo = rng.uniform(0.2, 0.8, n_candidates)  # uninformative
+        return samples, yolo
+
+    train = [scan(f"t{n}", 4)[0] for n in range(12)]
+    shape = train_shape_model(train, seed=0)
+    val = [scan(f"v{n}", 3) for n in range(6)]
+    best, rows = choose_stage2_point([s for s, _ in val], [y for _, y in val], shape, counts=(10, 40))
+    assert len(rows) == 2 * 5 and {r["max_candidates"] for r in rows} == {10, 40}
+    assert best["shape_weight"] >= 0.5 and best["max_candidates"] == 40
+    yolo_alone = max(r["f1"] for r in rows if r["shape_weight"] == 0.0)
+    assert best["f1"] > yolo_alone + 0.2

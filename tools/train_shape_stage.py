@@ -31,15 +31,18 @@ def _samples(scan, proposer, reclassifier, count: int, cache: Path, want_yolo: b
     """A scan's `ShapeSamples` (and the YOLO probabilities of its candidates if ``want_yolo``), cached."""
     from cmbdet.proposer.infer import propose_candidates
     from cmbdet.reclassifier.infer import candidate_patches, cmb_probability
-    from cmbdet.reclassifier.shape import shape_features
+    from cmbdet.reclassifier.shape import FEATURE_NAMES, shape_features
     from cmbdet.reclassifier.shape_train import ShapeSamples, known_mimics, shape_samples
     from cmbdet.volume import load_volume
 
     path = cache / f"{scan.subject}.npz"
     stored = dict(np.load(path)) if path.exists() else None
-    if stored is not None and "mimic" not in stored:  # measured before mimics were: add them
-        stored["mimic"] = shape_features(load_volume(scan.image_path), known_mimics(scan))
-        np.savez(path, **stored)
+    if stored is not None and tuple(stored.get("feature_names", ())) != FEATURE_NAMES:
+        # measured with other shape features: measure the same candidates again
+        volume = load_volume(scan.image_path)
+        stored.update(cand=shape_features(volume, stored["xyz"]), truth=shape_features(volume, scan.cmb_xyz_mm),
+                      mimic=shape_features(volume, known_mimics(scan)), feature_names=np.array(FEATURE_NAMES))
+        _save(path, stored)
     if stored is not None and (not want_yolo or "yolo" in stored):
         xyz, stage1 = stored["xyz"].reshape(-1, 3), stored["stage1"]
         rows = [{"subject": scan.subject, "x_mm": float(p[0]), "y_mm": float(p[1]), "z_mm": float(p[2]),
@@ -52,13 +55,20 @@ def _samples(scan, proposer, reclassifier, count: int, cache: Path, want_yolo: b
     samples = shape_samples(scan, volume, found.xyz_mm, found.score)
     arrays = {"cand": samples.candidate_features, "truth": samples.truth_features, "stage1": found.score,
               "hit": np.where(samples.is_cmb, 0, -1), "clear": samples.clear_mimic, "xyz": found.xyz_mm,
-              "mimic": samples.mimic_features}
+              "mimic": samples.mimic_features, "feature_names": np.array(FEATURE_NAMES)}
     yolo = None
     if want_yolo:
         yolo = cmb_probability(reclassifier, candidate_patches(volume, found.xyz_mm, reclassifier))
         arrays["yolo"] = yolo
-    np.savez(path, **arrays)
+    _save(path, arrays)
     return samples, yolo
+
+
+def _save(path: Path, arrays: dict) -> None:
+    from cmbdet.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,3 +48,10 @@ cmbdet train proposer --data "${TRAIN[@]}" --val "${VAL[@]}" --init "$DATA/propo
 python tools/compare_stage2_views.py --train "${TRAIN[@]}" --val "${VAL[@]}" --proposer weights/proposer.safetensors \
     --layouts planes mips mixed --epochs 5 --max-candidates 60 --workdir "$DATA/stage2-layouts"
 cp "$DATA/stage2-layouts/mips.safetensors" weights/reclassifier.safetensors   # mips measured best (README)
+
+# --- Version 3 (session 5): the 3-D shape model beside the YOLO classifier --------------------------
+# Trained on the same training families' stage-1 candidates (150 per scan), combined with the mips
+# YOLO classifier above; its share, the stage-1 weight, the threshold and the candidate count were
+# chosen on the validation family (README "Design": the table). ~15 min for 180 scans, then ~2 s to fit.
+python tools/train_shape_stage.py --train "${TRAIN[@]}" --val "${VAL[@]}" --max-candidates 150 \
+    --cache "$DATA/shape-stage" --reclassifier "$DATA/stage2-layouts/mips.safetensors" -o weights/reclassifier.safetensors

@@ -162,7 +162,7 @@ def write_patch_dataset(mined: list[MinedScan], folder: Path, split: str, rng: n
 
 
 #: Stage-1 weights of the final score tried when choosing the operating point.
-STAGE1_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+STAGE1_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
 #: Score thresholds tried when choosing the operating point.
