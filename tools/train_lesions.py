@@ -28,6 +28,28 @@ from cmbdet.lesions.train import (
 )
 
 
+def describe_lesion_set(folder: str | Path) -> dict:
+    """What a phantom folder holds, for the weights' metadata — never its path: the folder's name, and
+    from its truth.csv the families or sites, the phantom seeds (from the subject ids) and counts."""
+    import csv
+    import re
+
+    folder = Path(folder)
+    out: dict = {"name": folder.name}
+    truth = folder / "truth.csv"
+    if truth.exists():
+        with open(truth, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        subjects = sorted({r["subject"] for r in rows})
+        out["families"] = sorted({r.get("family") or r.get("site") or "" for r in rows} - {""})
+        # phantom ids are sub-<family><seed>x<index>: the part before the index names family and seed
+        out["subject_ids"] = sorted({m.group(1) + "x*" for s in subjects if (m := re.match(r"(.+?)x\d+$", s))})
+        out["n_subjects_in_truth"] = len(subjects)
+        out["n_lesions_in_truth"] = sum(1 for r in rows if r.get("lesion_id"))
+    out["n_images"] = len([p for p in folder.glob("*.nii.gz") if "desc-truth" not in p.name])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", required=True)
@@ -69,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     best = max(dice, key=dice.get)
     print("validation Dice (working grid) by threshold: " + ", ".join(f"{t:g}: {d:.3f}" for t, d in dice.items()))
     model.threshold = float(best)
-    model.metadata.update(seed=args.seed, data=[str(d) for d in args.data], n_train=len(train), n_val=len(val),
+    model.metadata.update(seed=args.seed, data=[describe_lesion_set(d) for d in args.data], n_train=len(train),
+                          n_val=len(val),
                           val_dice=round(dice[best], 4), val_scans=[p[1].name for p in val_pairs])
     model.save(args.output)
     print(f"wrote {args.output} (threshold {best:g})", file=sys.stderr)
