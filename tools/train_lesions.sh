@@ -40,3 +40,29 @@ write_mri_set('$DATA/mri_bench_s4', 15, 901, site='mri-s4', balanced=True)
 nice -n 19 python tools/train_lesions.py --modality mri --data "$DATA/mri_train" -o weights/lesions_mri.safetensors \
     --steps 400 --batch-size 4 --patch 32 --width 8 --spacing-mm 2.0 --val-fraction 0.15 --seed 0 --cache "$DATA/cache"
 nice -n 19 python tools/bench_lesions.py --modality mri --data "$DATA/mri_bench_s4" --weights weights/lesions_mri.safetensors
+
+# --- 2026-11-23: the shipped MRI weights = the above fine-tuned on the hbm classifier's training sites --
+# $DATA/hbm_train is made by tools/train_classifiers.sh (sites mri-s1..s3, seed 400, 60 subjects each).
+# Subjects x0000-x0054 of each site train; x0055-x0059 (15) decide whether to ship (weights/LESIONS.md).
+python - "$DATA" <<'PY'
+import csv, os, sys
+from pathlib import Path
+data = Path(sys.argv[1])
+rows = list(csv.DictReader(open(data / "hbm_train" / "truth.csv")))
+for name, keep in (("mri_train_165", lambda i: i < 55), ("mri_val_15", lambda i: i >= 55)):
+    out = data / name
+    out.mkdir(exist_ok=True)
+    chosen = {r["subject"] for r in rows if keep(int(r["subject"][-4:]))}
+    for f in (data / "hbm_train").glob("sub-*.nii.gz"):
+        if f.name.split("_")[0] in chosen and not (out / f.name).exists():
+            os.symlink(f, out / f.name)
+    with open(out / "truth.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["subject"] in chosen)
+PY
+nice -n 19 python tools/train_lesions.py --modality mri --data "$DATA/mri_train_165" -o weights/lesions_mri.safetensors \
+    --steps 4000 --batch-size 4 --patch 32 --width 8 --spacing-mm 2.0 --val-fraction 0.03 --seed 2 \
+    --init weights/lesions_mri.safetensors --lr 2e-3 --cache "$DATA/cache"
+nice -n 19 python tools/bench_lesions.py --modality mri --data "$DATA/mri_val_15" --weights weights/lesions_mri.safetensors
+nice -n 19 python tools/bench_lesions.py --modality mri --data "$DATA/mri_bench_s4" --weights weights/lesions_mri.safetensors
