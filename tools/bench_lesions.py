@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refine", choices=("on", "off"), help="override the stored density refinement (CT)")
     parser.add_argument("--max-dense", type=float,
                         help="override the stored calcification filter (CT; 1 = off)")
+    parser.add_argument("--group-mm", type=float, help="override the stored grouping distance (pieces of blood "
+                                                       "closer than this are one lesion)")
     parser.add_argument("--no-classical", action="store_true", help="skip the classical peer")
     parser.add_argument("--json", help="also write the figures and per-subject rows here")
     args = parser.parse_args(argv)
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_lesion_model(args.weights) if (args.weights or args.modality == "ct") else None
     if model is not None:
         set_operating_point(model, threshold=args.threshold, min_ml=args.min_ml, refine=args.refine,
-                            max_dense=args.max_dense)
+                            max_dense=args.max_dense, group_mm=args.group_mm)
     methods = (["network"] if model is not None else []) + ([] if args.no_classical else ["classical"])
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
     for subject, files in items:

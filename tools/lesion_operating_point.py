@@ -20,15 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-ml", type=float)
     parser.add_argument("--refine", choices=("on", "off"))
     parser.add_argument("--max-dense", type=float)
+    parser.add_argument("--group-mm", type=float)
     parser.add_argument("--note", default="")
     args = parser.parse_args(argv)
     model = set_operating_point(load_lesion_model(args.input), threshold=args.threshold, min_ml=args.min_ml,
-                                refine=args.refine, max_dense=args.max_dense)
+                                refine=args.refine, max_dense=args.max_dense, group_mm=args.group_mm)
     if args.note:
         model.metadata["operating_point_note"] = args.note
     model.save(args.output)
     print(f"wrote {args.output}: threshold {model.threshold:g}, min_ml {model.min_ml:g}, refine "
-          f"{'on' if model.refine_hu else 'off'}, max_dense {model.max_dense_fraction:g}")
+          f"{'on' if model.refine_hu else 'off'}, max_dense {model.max_dense_fraction:g}, group_mm {model.group_mm:g}")
     return 0
 
 

@@ -43,13 +43,15 @@ class LesionModel:
     min_ml: float = DEFAULT_MIN_ML
     refine_hu: bool = False  # CT: redraw margins from the density (`refine_with_density`)
     max_dense_fraction: float = 1.0  # CT: drop lesions denser than blood (`drop_calcified`); 1 = off
+    group_mm: float = GROUP_MM  # pieces of blood closer than this are one lesion
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     metadata: dict = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
         meta = dict(self.metadata, kind="lesions", modality=self.modality, width=self.net.width,
                     in_channels=self.net.in_channels, spacing_mm=self.spacing_mm, threshold=self.threshold,
-                    min_ml=self.min_ml, refine_hu=self.refine_hu, max_dense_fraction=self.max_dense_fraction)
+                    min_ml=self.min_ml, refine_hu=self.refine_hu, max_dense_fraction=self.max_dense_fraction,
+                    group_mm=self.group_mm)
         return save_state(path, self.net.state_dict(), meta)
 
 
@@ -67,11 +69,12 @@ def load_lesion_model(path: str | Path | None = None, *, device: str | None = No
                        threshold=float(meta.get("threshold", DEFAULT_THRESHOLD)),
                        min_ml=float(meta.get("min_ml", DEFAULT_MIN_ML)), refine_hu=bool(meta.get("refine_hu", False)),
                        max_dense_fraction=float(meta.get("max_dense_fraction", 1.0)),
-                       device=dev, metadata=meta)
+                       group_mm=float(meta.get("group_mm", GROUP_MM)), device=dev, metadata=meta)
 
 
 def set_operating_point(model: LesionModel, *, threshold: float | None = None, min_ml: float | None = None,
-                        refine: str | None = None, max_dense: float | None = None) -> LesionModel:
+                        refine: str | None = None, max_dense: float | None = None,
+                        group_mm: float | None = None) -> LesionModel:
     """Override the stored operating point of ``model`` in place where a value is given (``refine``
     "on"/"off"); returns it. Used by the bench and by the tool that stores a chosen point."""
     if threshold is not None:
@@ -82,6 +85,8 @@ def set_operating_point(model: LesionModel, *, threshold: float | None = None, m
         model.refine_hu = refine == "on"
     if max_dense is not None:
         model.max_dense_fraction = max_dense
+    if group_mm is not None:
+        model.group_mm = group_mm
     return model
 
 
@@ -115,14 +120,14 @@ def localize_lesions(volume: Volume, model: LesionModel) -> Lesions:
             raise InputError(volume.reference.path, "the lesion model given is for CT, the input is MRI")
         prob, mask, affine = mri_probability(volume, model)
         return lesions_from_probability(volume.reference, prob, affine, mask, threshold=model.threshold,
-                                        min_ml=model.min_ml)
+                                        min_ml=model.min_ml, group_mm=model.group_mm)
     if model.modality != "ct":
         raise InputError(volume.path, "the lesion model given is for MRI, the input is CT")
     work = ct_working_image(volume, model.spacing_mm)
     prob = probability_map(network_input(work.hu, work.mask), work.mask, model)
     prob *= ndimage.binary_dilation(work.mask, iterations=2)
     lesions = lesions_from_probability(volume, prob, work.affine, work.mask, threshold=model.threshold,
-                                       min_ml=model.min_ml)
+                                       min_ml=model.min_ml, group_mm=model.group_mm)
     labels, scores = lesions.labels, lesions.score
     if model.refine_hu and len(lesions):
         labels = refine_with_density(volume.data, labels)
@@ -187,15 +192,15 @@ def classical_ct_lesions(volume: Volume, *, work: CTWorkingImage | None = None, 
 
 
 def lesions_from_probability(volume: Volume, prob: np.ndarray, work_affine: np.ndarray, mask: np.ndarray, *,
-                             threshold: float, min_ml: float) -> Lesions:
-    """Group blood on the working grid (pieces within `GROUP_MM` are one lesion), carry each group
+                             threshold: float, min_ml: float, group_mm: float = GROUP_MM) -> Lesions:
+    """Group blood on the working grid (pieces within ``group_mm`` are one lesion), carry each group
     onto the volume's canonical grid (trilinear probability > ``threshold``), drop lesions under
     ``min_ml``, number them largest first, and measure them."""
     core = prob >= threshold
     if not core.any():
         return empty_lesions(volume)
     spacing = np.sqrt((work_affine[:3, :3] ** 2).sum(axis=0))
-    near = ndimage.distance_transform_edt(~core, sampling=spacing) <= GROUP_MM / 2.0
+    near = ndimage.distance_transform_edt(~core, sampling=spacing) <= group_mm / 2.0
     groups, n_groups = ndimage.label(near, structure=np.ones((3, 3, 3), bool))
     to_work = np.linalg.inv(work_affine) @ volume.affine  # canonical -> working voxel (axis-aligned)
     scale, offset = np.diag(to_work)[:3], to_work[:3, 3]

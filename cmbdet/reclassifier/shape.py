@@ -193,7 +193,8 @@ def _straight_paths(fine: np.ndarray, depth: float, normal: np.ndarray) -> list[
     points = directions[:, None, None, :] * radii[None, None, :, None] * np.array([1.0, -1.0])[None, :, None, None]
     coords = (centre + points.reshape(-1, 3) / STEP_MM).T
     blurred = ndimage.gaussian_filter(fine, 0.5 / STEP_MM)  # a path need not hit a thin vein's axis exactly
-    darkness = -ndimage.map_coordinates(blurred, coords, order=1, mode="nearest").reshape(len(directions), 2, len(radii))
+    sampled = ndimage.map_coordinates(blurred, coords, order=1, mode="nearest")
+    darkness = -sampled.reshape(len(directions), 2, len(radii))
     both = np.minimum(darkness[:, 0], darkness[:, 1]).mean(axis=1)
     one = darkness.max(axis=1).mean(axis=1)
     best = int(np.argmax(both))
