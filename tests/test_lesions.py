@@ -171,3 +171,23 @@ def test_shipped_ct_weights():
     assert model.modality == "ct" and 0.0 < model.threshold < 1.0 and model.net.in_channels == 3
     mri = load_lesion_model(SHIPPED_WEIGHTS_DIR / "lesions_mri.safetensors")
     assert mri.modality == "mri" and mri.net.in_channels == 6
+
+
+def test_pieces_closer_than_the_grouping_distance_are_one_lesion(tmp_path):
+    from cmbdet.lesions.infer import lesions_from_probability, load_lesion_model, set_operating_point
+    from cmbdet.volume import volume_from_image
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    prob = np.zeros((40, 40, 20), np.float32)
+    prob[10:15, 10:15, 8:12] = 0.9  # two blood pieces 8 mm apart (4 empty voxels of 2 mm between them)
+    prob[19:24, 10:15, 8:12] = 0.9
+    volume = volume_from_image(nib.Nifti1Image(np.random.default_rng(0).uniform(20, 40, prob.shape).astype(np.float32),
+                                               affine))
+    mask = np.ones(prob.shape, bool)
+    apart = lesions_from_probability(volume, prob, affine, mask, threshold=0.5, min_ml=0.01, group_mm=5.0)
+    together = lesions_from_probability(volume, prob, affine, mask, threshold=0.5, min_ml=0.01, group_mm=12.0)
+    assert len(apart) == 2 and len(together) == 1
+    assert together.volume_ml[0] == pytest.approx(apart.volume_ml.sum(), rel=1e-6)
+    model = set_operating_point(load_lesion_model(), group_mm=12.0)
+    again = load_lesion_model(model.save(tmp_path / "w.safetensors"))
+    assert again.group_mm == 12.0 and load_lesion_model().group_mm == 5.0  # stored; the default is 5 mm
