@@ -64,7 +64,7 @@ def _features_at(volume: Volume, point_mm: np.ndarray, normal: np.ndarray, slice
     if not np.isfinite(cube).any():  # the point lies outside the scan
         return np.zeros(len(FEATURE_NAMES), dtype=np.float32)
     smooth = ndimage.gaussian_filter(np.nan_to_num(cube, nan=np.nanmedian(cube)), 0.75 / STEP_MM)
-    radius = _radius_mm(cube.shape[0])
+    radius = _radius_mm()
     near = radius <= REFINE_MM
     idx = np.unravel_index(np.argmin(np.where(near, smooth, np.inf)), cube.shape)
     shift_mm = (np.array(idx) - cube.shape[0] // 2) * STEP_MM
@@ -84,8 +84,7 @@ def _features_at(volume: Volume, point_mm: np.ndarray, normal: np.ndarray, slice
 
     per_scale = []
     for sigma in SCALES_MM:
-        eig = np.sort(np.linalg.eigvalsh(_hessian_at_centre(relative, sigma)))  # l1 <= l2 <= l3
-        l1, l2, l3 = eig
+        l1, l2, l3 = np.linalg.eigvalsh(_hessian_at_centre(relative, sigma))  # ascending
         top = max(abs(l3), 1e-6)
         # A dark ball: three positive curvatures; a dark tube: two; a dark sheet: one.
         per_scale += [max(l1, 0) / top, max(l2, 0) / top * (1 - max(l1, 0) / top), (1 - max(l2, 0) / top),
@@ -123,18 +122,16 @@ def _offsets() -> np.ndarray:
     return np.arange(-n, n + 1) * STEP_MM
 
 
-@lru_cache(maxsize=2)
-def _radius_mm(size: int) -> np.ndarray:
-    offsets = _offsets()
-    x, y, z = np.meshgrid(offsets, offsets, offsets, indexing="ij")
-    return np.sqrt(x**2 + y**2 + z**2)
+@lru_cache(maxsize=1)
+def _radius_mm() -> np.ndarray:
+    """(M, M, M) distance (mm) of each cube sample from the centre."""
+    return np.linalg.norm(_grid_mm(), axis=0).reshape((len(_offsets()),) * 3)
 
 
 @lru_cache(maxsize=len(SCALES_MM))
 def _hessian_kernels(sigma_mm: float) -> np.ndarray:
     """(6, M, M, M) scale-normalized second-derivative-of-Gaussian kernels (xx, yy, zz, xy, xz, yz)."""
-    offsets = _offsets()
-    x, y, z = np.meshgrid(offsets, offsets, offsets, indexing="ij")
+    x, y, z = _grid_mm().reshape(3, *(len(_offsets()),) * 3)
     g = np.exp(-(x**2 + y**2 + z**2) / (2 * sigma_mm**2))
     g /= g.sum()
     s2 = sigma_mm**2
