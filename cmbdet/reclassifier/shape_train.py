@@ -42,12 +42,6 @@ class ShapeSamples:
     truth_rows: list[dict]
     mimic_features: np.ndarray  # (K, n_features) at known mimics farther than 6 mm from every microbleed
 
-    def first(self, count: int) -> ShapeSamples:
-        """The same scan with only its ``count`` best stage-1 candidates."""
-        return ShapeSamples(self.subject, self.candidate_rows[:count], self.candidate_features[:count],
-                            self.is_cmb[:count], self.clear_mimic[:count], self.truth_features, self.truth_rows,
-                            self.mimic_features)
-
 
 def shape_samples(scan: LabelledScan, volume: Volume, candidate_xyz_mm: np.ndarray,
                   stage1: np.ndarray) -> ShapeSamples:
