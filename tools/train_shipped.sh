@@ -55,3 +55,11 @@ cp "$DATA/stage2-layouts/mips.safetensors" weights/reclassifier.safetensors   # 
 # chosen on the validation family (README "Design": the table). ~15 min for 180 scans, then ~2 s to fit.
 python tools/train_shape_stage.py --train "${TRAIN[@]}" --val "${VAL[@]}" --max-candidates 150 \
     --cache "$DATA/shape-stage" --reclassifier "$DATA/stage2-layouts/mips.safetensors" -o weights/reclassifier.safetensors
+# What each randomization ingredient buys the shape model (README "Design"; ~8 min a set to generate and measure):
+for pair in tissue:121 vessels:122 cmb_profile:123 noise:124 swi_mask:125; do
+  X=${pair%:*}
+  [ -f "$DATA/rand-without-$X/truth.csv" ] || cmbdet phantom -o "$DATA/rand-without-$X" -n 40 --seed "${pair#*:}" \
+      --family randomized --without "$X" --no-montage
+done
+python tools/ablate_randomization.py --base "$DATA/train-classic-s103" --full "$DATA/train-rand-s101" \
+    --without "$DATA"/rand-without-* --val "${VAL[@]}" --cache "$DATA/shape-stage" --n 40
