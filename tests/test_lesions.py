@@ -190,4 +190,4 @@ def test_pieces_closer_than_the_grouping_distance_are_one_lesion(tmp_path):
     assert together.volume_ml[0] == pytest.approx(apart.volume_ml.sum(), rel=1e-6)
     model = set_operating_point(load_lesion_model(), group_mm=12.0)
     again = load_lesion_model(model.save(tmp_path / "w.safetensors"))
-    assert again.group_mm == 12.0 and load_lesion_model().group_mm == 5.0  # stored; the default is 5 mm
+    assert again.group_mm == 12.0 and load_lesion_model().group_mm == 15.0  # stored; the shipped CT point is 15 mm

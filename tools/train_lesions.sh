@@ -27,6 +27,9 @@ nice -n 19 python tools/train_lesions.py --data "$DATA/train_a" -o weights/lesio
 python tools/lesion_operating_point.py weights/lesions_ct.safetensors weights/lesions_ct.safetensors \
     --threshold 0.7 --min-ml 0.3 --refine on --max-dense 0.1 \
     --note "chosen on the 4 held-out ct-a validation scans (refine on/off, max-dense 0.1/0.25 at min-ml 0.3)"
+# session 6: the grouping distance, chosen on 20 further held-out ct-a subjects (weights/LESIONS.md)
+python tools/lesion_operating_point.py weights/lesions_ct.safetensors weights/lesions_ct.safetensors --group-mm 15 \
+    --note "group_mm 15 chosen on 20 held-out ct-a validation subjects (x0200-x0219) by the count of issue-11 CT floors met (session 6)"
 # the benchmark (network and classical peer in one run)
 nice -n 19 python tools/bench_lesions.py --data "$DATA/bench_b" --weights weights/lesions_ct.safetensors
 
