@@ -125,7 +125,15 @@ def localize_lesions(volume: Volume, model: LesionModel) -> Lesions:
         raise InputError(volume.path, "the lesion model given is for MRI, the input is CT")
     work = ct_working_image(volume, model.spacing_mm)
     prob = probability_map(network_input(work.hu, work.mask), work.mask, model)
-    prob *= ndimage.binary_dilation(work.mask, iterations=2)
+    return ct_lesions_from_probability(volume, work, prob, model)
+
+
+def ct_lesions_from_probability(volume: Volume, work: CTWorkingImage, prob: np.ndarray, model: LesionModel
+                                ) -> Lesions:
+    """The CT steps after the blood probability (``prob`` on ``work``'s grid): kept near the brain,
+    grouped, margins redrawn from the density and calcifications dropped, as ``model``'s operating
+    point says. Any source of blood probability goes through here (the network, or a compared model)."""
+    prob = prob * ndimage.binary_dilation(work.mask, iterations=2)
     lesions = lesions_from_probability(volume, prob, work.affine, work.mask, threshold=model.threshold,
                                        min_ml=model.min_ml, group_mm=model.group_mm)
     labels, scores = lesions.labels, lesions.score
