@@ -203,6 +203,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="start from these proposer weights (fine-tuning, e.g. the shipped ones on "
                                   "your data); their width and working grid are kept")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
+    p.add_argument("--min-target-sigma-mm", type=float, default=0.7,
+                   help="narrowest heat-map target (mm); wider gives small CMBs more weight in the loss")
     p.add_argument("--val-fraction", type=float, default=0.15,
                    help="scans held out to measure recall and choose the stage-1-alone threshold")
     p.add_argument("--val", nargs="+", metavar="DATA",
@@ -640,7 +642,8 @@ def _train_proposer(args) -> int:
     spacing_mm = init.spacing_mm if init is not None else args.spacing_mm
     prepared = prepare_scans(train, spacing_mm)
     proposer = train_proposer(prepared, rng, steps=args.steps, batch_size=args.batch_size, device=args.device,
-                              spacing_mm=spacing_mm, lr=args.lr, init=init, log=log, progress=bar)
+                              spacing_mm=spacing_mm, lr=args.lr, init=init, log=log, progress=bar,
+                              min_target_sigma_mm=args.min_target_sigma_mm)
     proposer.metadata.update(seed=args.seed, training_data=describe_sources(args.data, train),
                              validation_data=describe_sources(args.val or args.data, val))
     if val:

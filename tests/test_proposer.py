@@ -132,3 +132,15 @@ def test_mirror_average_is_the_mean_of_both_mirror_images():
     averaged = likelihood_map(working, proposer, mirror_average=True)
     np.testing.assert_allclose(averaged, (plain + mirrored) / 2, atol=1e-5)
     assert not np.allclose(plain, mirrored, atol=1e-3)  # the two views do differ
+
+
+def test_target_width_floor_widens_only_small_cmbs():
+    """``min_sigma_vox`` sets the blob width of small CMBs (their share of the loss); large ones keep r / ratio."""
+    centres = np.array([[8.0, 8.0, 8.0], [24.0, 24.0, 24.0]])
+    radii = np.array([0.5, 4.5])  # a 1 mm and a 9 mm CMB on a 1 mm grid
+    narrow = heatmap_target((32,) * 3, centres, radii, min_sigma_vox=0.7)
+    wide = heatmap_target((32,) * 3, centres, radii, min_sigma_vox=1.2)
+    small, large = (slice(0, 16),) * 3, (slice(16, 32),) * 3
+    assert (wide[small] > 0.5).sum() > 2 * (narrow[small] > 0.5).sum()
+    np.testing.assert_array_equal(wide[large], narrow[large])
+    assert wide.max() == narrow.max() == 1.0

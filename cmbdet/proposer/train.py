@@ -1,8 +1,8 @@
 """Stage 1 training: patches from labelled scans, heat-map targets, augmentations, seeded.
 
-Targets are Gaussian blobs at the CMB centres (sigma = radius / TARGET_SIGMA_RATIO, at least 1 mm
-sized), so the network's peaks mark centres and their width tells the size. A batch mixes patches
-around CMBs, around known mimics (veins, iron, air-bone dropout: hard negatives) and anywhere in the
+Targets are Gaussian blobs at the CMB centres (sigma = radius / TARGET_SIGMA_RATIO, at least
+``min_target_sigma_mm``), so the network's peaks mark centres and their width tells the size. A batch
+mixes patches around CMBs, around known mimics (veins, iron, air-bone dropout: hard negatives) and anywhere in the
 brain. Augmentations model what changes between scanners and head positions: contrast, gamma, noise,
 bias, slice thickness (blur, and partial-volume averaging of thick slices), in-plane blur, flips,
 in-plane axis swaps and small rotations.
@@ -66,12 +66,14 @@ def prepare_scans(
         return list(pool.map(prepare_scan, scans, [spacing_mm] * len(scans)))
 
 
-def heatmap_target(shape: tuple[int, int, int], centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
-    """(I, J, K) float32 in [0, 1]: max over Gaussian blobs at ``centres`` (voxels), sigma = r / ratio."""
+def heatmap_target(shape: tuple[int, int, int], centres: np.ndarray, radii: np.ndarray,
+                   min_sigma_vox: float = 0.7) -> np.ndarray:
+    """(I, J, K) float32 in [0, 1]: max over Gaussian blobs at ``centres`` (voxels), sigma = r / ratio,
+    at least ``min_sigma_vox``."""
     target = np.zeros(shape, dtype=np.float32)
     grid = np.indices(shape, dtype=np.float32)
     for centre, radius in zip(centres, radii, strict=True):
-        sigma = max(radius / TARGET_SIGMA_RATIO, 0.7)
+        sigma = max(radius / TARGET_SIGMA_RATIO, min_sigma_vox)
         reach = int(np.ceil(3 * sigma))
         lo = np.maximum(np.floor(centre).astype(int) - reach, 0)
         hi = np.minimum(np.floor(centre).astype(int) + reach + 2, shape)
@@ -84,7 +86,7 @@ def heatmap_target(shape: tuple[int, int, int], centres: np.ndarray, radii: np.n
 
 
 def sample_patch(
-    scan: PreparedScan, rng: np.random.Generator, patch: int, kind: str
+    scan: PreparedScan, rng: np.random.Generator, patch: int, kind: str, min_sigma_vox: float = 0.7
 ) -> tuple[np.ndarray, np.ndarray]:
     """One (patch, patch, patch) image and target, centred on a CMB, a mimic or any brain voxel."""
     shape = np.array(scan.image.shape)
@@ -101,7 +103,8 @@ def sample_patch(
     start = np.round(centre - patch / 2).astype(int)
     image = _crop(scan.image, start, patch).astype(np.float32)
     near = np.all(np.abs(scan.cmb_ijk - (start + patch / 2)) < patch / 2 + 8, axis=1)
-    target = heatmap_target((patch,) * 3, scan.cmb_ijk[near] - start, scan.cmb_radius_vox[near])
+    target = heatmap_target((patch,) * 3, scan.cmb_ijk[near] - start, scan.cmb_radius_vox[near],
+                            min_sigma_vox)
     return image, target
 
 
@@ -146,12 +149,15 @@ def train_proposer(
     spacing_mm: float = DEFAULT_SPACING_MM,
     device: str | None = None,
     init: Proposer | None = None,
+    min_target_sigma_mm: float = 0.7,
     log: Callable[[str], None] = print,
     progress: bool = False,
 ) -> Proposer:
     """Train a proposer on prepared scans, from scratch or from ``init`` (fine-tuning: its width and
     working grid are kept); deterministic for a given ``rng`` state. ``progress``: a tqdm bar with the
-    loss and ETA on stderr (``log`` lines every 50 steps either way, with the ETA)."""
+    loss and ETA on stderr (``log`` lines every 50 steps either way, with the ETA).
+    ``min_target_sigma_mm``: the narrowest heat-map blob; small CMBs get this width, which sets how much
+    of the loss they carry (the blob of a 2 mm CMB at 0.7 mm covers ~3 voxels of a 1 mm grid)."""
     import sys
 
     from tqdm import tqdm
@@ -178,7 +184,8 @@ def train_proposer(
                 kind, pool = "mimic", with_mimic
             else:
                 kind, pool = "brain", scans
-            image, target = augment(*sample_patch(pool[rng.integers(len(pool))], rng, patch, kind), rng)
+            image, target = augment(*sample_patch(pool[rng.integers(len(pool))], rng, patch, kind,
+                                                 min_target_sigma_mm / proposer.spacing_mm), rng)
             images.append(image)
             targets.append(target)
         x = torch.from_numpy(np.stack(images))[:, None].to(proposer.device)
@@ -205,6 +212,7 @@ def train_proposer(
         k: init.metadata.get(k) for k in ("steps", "lr", "train_subjects", "train_seconds", "seed", "training_data")
         if k in init.metadata}]
     proposer.metadata.update(steps=steps, batch_size=batch_size, patch=patch, lr=lr, train_subjects=len(scans),
+                             min_target_sigma_mm=min_target_sigma_mm,
                              train_seconds=round(time.time() - started), history=history)
     return proposer
 
