@@ -203,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="start from these proposer weights (fine-tuning, e.g. the shipped ones on "
                                   "your data); their width and working grid are kept")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
-    p.add_argument("--min-target-sigma-mm", type=float, default=0.7,
+    p.add_argument("--min-target-sigma-mm", type=float, default=0.7,  # proposer.train.MIN_TARGET_SIGMA_MM
                    help="narrowest heat-map target (mm); wider gives small CMBs more weight in the loss")
     p.add_argument("--val-fraction", type=float, default=0.15,
                    help="scans held out to measure recall and choose the stage-1-alone threshold")

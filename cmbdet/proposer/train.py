@@ -28,6 +28,9 @@ from cmbdet.proposer.infer import DEFAULT_SPACING_MM, TARGET_SIGMA_RATIO, Propos
 from cmbdet.training_data import LabelledScan
 from cmbdet.volume import load_volume
 
+#: Narrowest heat-map target (mm): the blob width small CMBs get (``--min-target-sigma-mm``).
+MIN_TARGET_SIGMA_MM = 0.7
+
 
 @dataclass
 class PreparedScan:
@@ -67,7 +70,7 @@ def prepare_scans(
 
 
 def heatmap_target(shape: tuple[int, int, int], centres: np.ndarray, radii: np.ndarray,
-                   min_sigma_vox: float = 0.7) -> np.ndarray:
+                   min_sigma_vox: float = MIN_TARGET_SIGMA_MM) -> np.ndarray:
     """(I, J, K) float32 in [0, 1]: max over Gaussian blobs at ``centres`` (voxels), sigma = r / ratio,
     at least ``min_sigma_vox``."""
     target = np.zeros(shape, dtype=np.float32)
@@ -86,7 +89,7 @@ def heatmap_target(shape: tuple[int, int, int], centres: np.ndarray, radii: np.n
 
 
 def sample_patch(
-    scan: PreparedScan, rng: np.random.Generator, patch: int, kind: str, min_sigma_vox: float = 0.7
+    scan: PreparedScan, rng: np.random.Generator, patch: int, kind: str, min_sigma_vox: float = MIN_TARGET_SIGMA_MM
 ) -> tuple[np.ndarray, np.ndarray]:
     """One (patch, patch, patch) image and target, centred on a CMB, a mimic or any brain voxel."""
     shape = np.array(scan.image.shape)
@@ -149,7 +152,7 @@ def train_proposer(
     spacing_mm: float = DEFAULT_SPACING_MM,
     device: str | None = None,
     init: Proposer | None = None,
-    min_target_sigma_mm: float = 0.7,
+    min_target_sigma_mm: float = MIN_TARGET_SIGMA_MM,
     log: Callable[[str], None] = print,
     progress: bool = False,
 ) -> Proposer:
