@@ -143,3 +143,19 @@ def test_storage_types_and_scaling(tiny_subjects):
             raw = np.asarray(s.image.dataobj.get_unscaled(), float)
             np.testing.assert_allclose(s.image.get_fdata(), raw * float(s.image.dataobj.slope), rtol=1e-6)
     assert len(kinds) >= 2
+
+
+def test_no_vein_stubs_the_size_of_a_microbleed():
+    """A walker stopped after a step or two must not leave a 1-2 mm 'vein': it is a round dark blob,
+    a microbleed by shape, and would make validation false positives no method can avoid."""
+    from cmbdet.anatomy import mni_maps
+    from cmbdet.phantom.beta.veins import MIN_MEDULLARY_MM, MIN_PERFORATOR_MM, grow_veins
+
+    veins = grow_veins(np.random.default_rng(3), mni_maps(2), density=1.0)
+    lengths = {"medullary": [], "perforator": []}
+    for v in veins:
+        if v.kind in lengths:
+            lengths[v.kind].append(float(np.linalg.norm(np.diff(v.points, axis=0), axis=1).sum()))
+    assert len(lengths["medullary"]) > 50 and len(lengths["perforator"]) > 20
+    assert min(lengths["medullary"]) >= MIN_MEDULLARY_MM
+    assert min(lengths["perforator"]) >= MIN_PERFORATOR_MM

@@ -15,6 +15,13 @@ weight and threshold are chosen by the same rule as for the YOLO classifier alon
 validation figures (each row's operating point is chosen on these scans, so all are optimistic
 alike); the test family is not touched here. ``--seed`` seeds the trees. Per-scan measurements are
 cached in ``--cache``.
+
+``--keep-shape`` refits nothing: the shape model of ``--reclassifier`` is kept and only the operating
+point (candidates, shape share, stage-1 weight, threshold) is chosen again on ``--val`` — for a
+corrected or new validation family:
+
+    python tools/train_shape_stage.py --keep-shape --val DATA/val-beta-s7101 DATA/val-beta-s7102 \
+        --cache WORK/shape -o weights/reclassifier.safetensors
 """
 
 from __future__ import annotations
@@ -73,15 +80,19 @@ def _save(path: Path, arrays: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", nargs="+", required=True, help="training family folders (truth.csv beside)")
+    parser.add_argument("--train", nargs="+", default=[], help="training family folders (truth.csv beside)")
     parser.add_argument("--val", nargs="+", required=True, help="validation family folders")
     parser.add_argument("--proposer", help="stage-1 weights (default: shipped)")
     parser.add_argument("--reclassifier", help="stage-2 YOLO weights to combine with (default: shipped)")
     parser.add_argument("--max-candidates", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-shape", action="store_true",
+                        help="keep the shape model of --reclassifier; choose only the operating point on --val")
     parser.add_argument("--cache", required=True, help="folder for per-scan measurements")
     parser.add_argument("-o", "--output", required=True, help="stage-2 weights to write (YOLO + shape model)")
     args = parser.parse_args(argv)
+    if not args.keep_shape and not args.train:
+        parser.error("--train is required unless --keep-shape")
 
     from cmbdet.proposer.infer import load_proposer
     from cmbdet.reclassifier.infer import load_reclassifier
@@ -108,14 +119,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"measured {n}/{len(train) + len(val)} scans ({seconds:.0f} s)", file=sys.stderr)
 
     t0 = time.perf_counter()
-    shape = train_shape_model(train_samples, seed=args.seed)
+    if args.keep_shape:
+        if reclassifier.shape is None:
+            parser.error("--keep-shape: the --reclassifier weights carry no shape model")
+        shape = reclassifier.shape
+    else:
+        shape = train_shape_model(train_samples, seed=args.seed)
     fit_seconds = time.perf_counter() - t0
     best, rows = choose_stage2_point(val_samples, val_yolo,
                                      shape, counts=[c for c in (30, 60, 100, 150) if c <= args.max_candidates])
     n_cmb = sum(len(s.cmb_xyz_mm) for s in val)
-    print(f"validation: {len(val)} scans, {n_cmb} CMB; training: {len(train)} scans, "
-          f"{sum(int(s.is_cmb.sum()) for s in train_samples)} matched candidates, "
-          f"{sum(len(s.truth_features) for s in train_samples)} CMB centres; shape model fit in {fit_seconds:.0f} s")
+    print(f"validation: {len(val)} scans, {n_cmb} CMB; " + (
+        "shape model kept from the --reclassifier weights" if args.keep_shape else
+        f"training: {len(train)} scans, {sum(int(s.is_cmb.sum()) for s in train_samples)} matched candidates, "
+        f"{sum(len(s.truth_features) for s in train_samples)} CMB centres; shape model fit in {fit_seconds:.0f} s"))
     print("| candidates | shape share | stage-1 weight | threshold | sensitivity | precision | F1 | FP/subject | "
           "candidate recall | rule |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -129,11 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     reclassifier.shape_weight = best["shape_weight"]
     reclassifier.stage1_weight = best["stage1_weight"]
     reclassifier.threshold = best["threshold"]
+    if not args.keep_shape:
+        reclassifier.metadata.update(shape_training_data=describe_sources(args.train, train), shape_seed=args.seed)
     reclassifier.metadata.update(
-        max_candidates=best["max_candidates"],
-        shape_training_data=describe_sources(args.train, train), shape_validation_data=describe_sources(args.val, val),
-        shape_seed=args.seed, shape_rule="best validation F1 over candidates x shape share, each at the "
-                                        "operating-point rule of the YOLO classifier",
+        max_candidates=best["max_candidates"], shape_validation_data=describe_sources(args.val, val),
+        operating_point_only=bool(args.keep_shape),
+        shape_rule="best validation F1 over candidates x shape share, each at the operating-point rule of the YOLO "
+                   "classifier",
         val_threshold=best["threshold"], val_stage1_weight=best["stage1_weight"], val_shape_weight=best["shape_weight"],
         val_sensitivity=best["sensitivity"], val_precision=best["precision"], val_f1=best["f1"],
         val_fp_per_subject=best["fp_per_subject"], val_candidate_recall=best["candidate_recall"],

@@ -30,6 +30,9 @@ class Family:
     name: str
     role: str  # "training" | "validation" | "test"
     description: str
+    #: Raised when a fix changes what the family's generator draws (recorded in dataset.json, so a
+    #: model's metadata says which version of a family it was trained or chosen on).
+    revision: int = 1
 
 
 FAMILIES = {
@@ -37,7 +40,8 @@ FAMILIES = {
         Family("classic", "training", "the original cmbdet generator"),
         Family("randomized", "training", "the original anatomy with domain randomization of tissue contrast, "
                                          "vessels, microbleed profile, noise and SWI processing"),
-        Family("beta", "validation", "an independent simulator (validation: model and threshold choice)"),
+        # revision 2: medullary vein stubs (walkers stopped after 1-2 mm: microbleed-shaped blobs) dropped
+        Family("beta", "validation", "an independent simulator (validation: model and threshold choice)", revision=2),
         Family("gamma", "test", "an independent simulator written separately, frozen (test: headline figures)"),
     )
 }

@@ -479,7 +479,8 @@ def write_phantom_set(
     description = {"family": family, "role": FAMILIES[family].role, "seed": int(seed), "n_scans": int(n),
                    "n_cmb": sum(1 for row in truth if row["x_mm"] != ""),
                    "n_cmb_free": sum(1 for row in truth if row["x_mm"] == ""),
-                   "without": sorted(without), "tiny": bool(tiny)}
+                   "without": sorted(without), "tiny": bool(tiny),
+                   "revision": FAMILIES[family].revision}
     write_bytes_atomic(out / "dataset.json", json.dumps(description, indent=1).encode())
     return out
 

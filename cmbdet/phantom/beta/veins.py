@@ -7,7 +7,11 @@
 * deep veins (internal cerebral, thalamostriate, basal) and the dural sinuses: jittered
   anatomical polylines.
 
-A :class:`Vein` is a polyline of MNI mm points with a radius (mm) per point.
+A :class:`Vein` is a polyline of MNI mm points with a radius (mm) per point. A walker that stops
+after a step or two (it met the cortex at once) would leave a stub 1–2 mm long — a round dark blob
+the size of a microbleed, not a vein — so medullary tracks shorter than ``MIN_MEDULLARY_MM`` and
+perforators shorter than ``MIN_PERFORATOR_MM`` are dropped (their random draws are still made, so
+the rest of a subject is unchanged).
 """
 
 from __future__ import annotations
@@ -19,6 +23,14 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cmbdet.anatomy import MniMaps, mni_maps
+
+#: Shortest medullary vein (or branch) and cortical perforator kept, mm of polyline length.
+MIN_MEDULLARY_MM = 5.0
+MIN_PERFORATOR_MM = 3.0
+
+
+def _length_mm(track: np.ndarray) -> float:
+    return float(np.linalg.norm(np.diff(track, axis=0), axis=1).sum()) if len(track) > 1 else 0.0
 
 
 @dataclass
@@ -168,7 +180,8 @@ def grow_veins(rng: np.random.Generator, maps2: MniMaps, *, density: float = 1.0
                        pull=("d_vent", 0.8), stop_cortex=True)
         for tr in tracks:
             r0 = rng.uniform(0.3, 0.8)
-            veins.append(Vein(tr, r0 * np.linspace(1.0, 0.45, len(tr)), "medullary"))
+            if _length_mm(tr) >= MIN_MEDULLARY_MM:
+                veins.append(Vein(tr, r0 * np.linspace(1.0, 0.45, len(tr)), "medullary"))
         # branches
         parents = [v for v in veins if len(v.points) > 6 and rng.random() < 0.5]
         if parents:
@@ -183,7 +196,8 @@ def grow_veins(rng: np.random.Generator, maps2: MniMaps, *, density: float = 1.0
             tracks = _walk(rng, maps2, np.array(bstart), np.array(bdir), np.array(blen), step=1.2,
                            persist=persist, tort=tort * 1.3, pull=("d_vent", 0.4), stop_cortex=True)
             for tr, r in zip(tracks, brad):
-                veins.append(Vein(tr, np.full(len(tr), r), "medullary"))
+                if _length_mm(tr) >= MIN_MEDULLARY_MM:
+                    veins.append(Vein(tr, np.full(len(tr), r), "medullary"))
     # cortical perforators: short and thin, inwards from the surface
     n_perf = int(rng.integers(60, 250) * density)
     surf = (g["brain"] > 0.5) & (g["d_env"] > -4.5) & (g["d_env"] < -0.5) & (g["gm"] > 0.3)
@@ -193,7 +207,9 @@ def grow_veins(rng: np.random.Generator, maps2: MniMaps, *, density: float = 1.0
         tracks = _walk(rng, maps2, starts, d0, rng.uniform(3.0, 12.0, len(starts)), step=1.0,
                        persist=2.0, tort=tort * 0.5, pull=None, stop_cortex=False)
         for tr in tracks:
-            veins.append(Vein(tr, np.full(len(tr), rng.uniform(0.12, 0.35)), "perforator"))
+            r = rng.uniform(0.12, 0.35)
+            if _length_mm(tr) >= MIN_PERFORATOR_MM:
+                veins.append(Vein(tr, np.full(len(tr), r), "perforator"))
     # pial veins on the surface, drifting up and to the midline
     n_pial = int(rng.integers(15, 45) * max(density, 0.3))
     pial_seed = (g["d_env"] > -3.0) & (g["d_env"] < 0.0) & (z_mm[None, None, :] > -30.0)
