@@ -55,6 +55,10 @@ cp "$DATA/stage2-layouts/mips.safetensors" weights/reclassifier.safetensors   # 
 # chosen on the validation family (README "Design": the table). ~15 min for 180 scans, then ~2 s to fit.
 python tools/train_shape_stage.py --train "${TRAIN[@]}" --val "${VAL[@]}" --max-candidates 150 \
     --cache "$DATA/shape-stage" --reclassifier "$DATA/stage2-layouts/mips.safetensors" -o weights/reclassifier.safetensors
+# Session 7: beta revision 2 (vein stubs removed; regenerate the two validation sets with today's code)
+# re-chooses only the operating point, which came out the same as shipped (README):
+#   python tools/train_shape_stage.py --keep-shape --val "${VAL[@]}" --cache "$DATA/shape-stage-beta2" \
+#       -o "$DATA/reclassifier-beta2.safetensors"
 # What each randomization ingredient buys the shape model (README "Design"; ~8 min a set to generate and measure):
 for pair in tissue:121 vessels:122 cmb_profile:123 noise:124 swi_mask:125; do
   X=${pair%:*}
