@@ -155,10 +155,16 @@ def test_density_refinement_and_calcification_filter():
     labels = np.zeros(hu.shape, np.int16)
     labels[6:13, 6:13, 3:7] = 1  # the network's mask, a little too small
     labels[20:24, 20:24, 3:7] = 2
-    refined = refine_with_density(hu, labels)
+    spacing = np.array([0.5, 0.5, 5.0])
+    refined = refine_with_density(hu, labels, spacing)
     assert (refined == 1).sum() > (labels == 1).sum() and not ((refined == 1) & (hu < 45)).any()
-    kept, scores = drop_calcified(hu, refined, np.array([0.9, 0.8]), 0.1)
-    assert kept.max() == 1 and list(scores) == [0.9] and (kept == 1).sum() == (refined == 1).sum()
+    # one voxel of growth reaches one voxel of the blood's margin (the mask's rows 6..12 grow to 5..13,
+    # the blood spans 5..14); 1.5 mm (3 voxels in-plane) reaches all of it and never the tissue beyond
+    assert not (refined[14, 5:15, 3:7] == 1).any() and (refined[5:14, 6:13, 3:7] == 1).all()
+    wider = refine_with_density(hu, labels, spacing, grow_mm=1.5)
+    assert (wider == 1).sum() == 10 * 10 * 4 and (wider[5:15, 5:15, 3:7] == 1).all()
+    kept, scores = drop_calcified(hu, wider, np.array([0.9, 0.8]), 0.1)
+    assert kept.max() == 1 and list(scores) == [0.9] and (kept == 1).sum() == (wider == 1).sum()
 
 
 def test_shipped_ct_weights():
@@ -188,6 +194,31 @@ def test_pieces_closer_than_the_grouping_distance_are_one_lesion(tmp_path):
     together = lesions_from_probability(volume, prob, affine, mask, threshold=0.5, min_ml=0.01, group_mm=12.0)
     assert len(apart) == 2 and len(together) == 1
     assert together.volume_ml[0] == pytest.approx(apart.volume_ml.sum(), rel=1e-6)
-    model = set_operating_point(load_lesion_model(), group_mm=12.0)
+    model = set_operating_point(load_lesion_model(), group_mm=12.0, refine_mm=2.5)
     again = load_lesion_model(model.save(tmp_path / "w.safetensors"))
-    assert again.group_mm == 12.0 and load_lesion_model().group_mm == 15.0  # stored; the shipped CT point is 15 mm
+    assert again.group_mm == 12.0 and again.refine_mm == 2.5  # the operating point is stored with the weights
+    assert load_lesion_model().group_mm == 15.0  # the shipped CT point is 15 mm
+
+
+def test_calcification_is_judged_before_the_margins_are_redrawn():
+    """A calcification the network marks (dense core, blood-like partial-volume rim) is dropped by the
+    filter although the density refinement alone would keep only its rim; blood next to it stays."""
+    from cmbdet.lesions.ct import CTWorkingImage
+    from cmbdet.lesions.infer import ct_lesions_from_probability, load_lesion_model, set_operating_point
+    from cmbdet.volume import volume_from_image
+
+    hu = np.full((40, 40, 20), 32.0, np.float32)
+    hu[:2] = hu[-2:] = -1000.0  # air, so that it reads as a CT
+    hu[7:15, 7:15, 9:11] = 60.0  # the calcification's partial-volume rim
+    hu[9:13, 9:13, 9:11] = 400.0  # its dense core (more than 10 % of what the network marks)
+    hu[24:32, 24:32, 6:14] = 65.0  # a hematoma
+    volume = volume_from_image(nib.Nifti1Image(hu, np.diag([1.0, 1.0, 1.0, 1.0])))
+    prob = np.zeros(hu.shape, np.float32)
+    prob[7:15, 7:15, 9:11] = 0.9  # two slices thick: an erosion leaves no core, the refinement only the rim
+    prob[24:32, 24:32, 6:14] = 0.9
+    work = CTWorkingImage(hu=volume.data, mask=np.ones(hu.shape, bool), affine=volume.affine)
+    model = set_operating_point(load_lesion_model(), threshold=0.5, min_ml=0.01, refine="on", refine_mm=0.0,
+                                max_dense=0.1, group_mm=2.0)
+    found = ct_lesions_from_probability(volume, work, prob, model)
+    assert len(found) == 1 and found.volume_ml[0] == pytest.approx(8 * 8 * 8 / 1000.0)
+    assert np.allclose(found.xyz_mm[0], [27.5, 27.5, 9.5])

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, help="override the stored probability threshold")
     parser.add_argument("--min-ml", type=float, help="override the stored minimum lesion volume")
     parser.add_argument("--refine", choices=("on", "off"), help="override the stored density refinement (CT)")
+    parser.add_argument("--refine-mm", type=float,
+                        help="override how far (mm) the density refinement may move a margin out (CT; 0: one voxel)")
     parser.add_argument("--max-dense", type=float,
                         help="override the stored calcification filter (CT; 1 = off)")
     parser.add_argument("--group-mm", type=float, help="override the stored grouping distance (pieces of blood "
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_lesion_model(args.weights) if (args.weights or args.modality == "ct") else None
     if model is not None:
         set_operating_point(model, threshold=args.threshold, min_ml=args.min_ml, refine=args.refine,
-                            max_dense=args.max_dense, group_mm=args.group_mm)
+                            refine_mm=args.refine_mm, max_dense=args.max_dense, group_mm=args.group_mm)
     methods = (["network"] if model is not None else []) + ([] if args.no_classical else ["classical"])
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
     for subject, files in items:
@@ -121,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
     summary = {m: summarize(rows) for m, rows in per_method.items()}
     settings = "" if model is None else (f" threshold {model.threshold:g} min_ml {model.min_ml:g} "
-                                         f"refine {'on' if model.refine_hu else 'off'} "
-                                         f"max_dense {model.max_dense_fraction:g}")
+                                         f"refine {'on' if model.refine_hu else 'off'} ({model.refine_mm:g} mm) "
+                                         f"max_dense {model.max_dense_fraction:g} group_mm {model.group_mm:g}")
     print(f"data: {folder} ({len(items)} subjects)  weights: {args.weights or 'shipped'}{settings}  "
           f"modality: {args.modality}")
     header = ("method", "sens", "FP/subj", "Dice mean", "Dice median", "med |dV| mL", "free clean", "s/vol med", "max",

@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     model.metadata.update(seed=args.seed, data=[describe_lesion_set(d) for d in args.data], n_train=len(train),
                           n_val=len(val),
                           val_dice=round(dice[best], 4), val_scans=[p[1].name for p in val_pairs])
+    if init is not None:  # what the starting weights were trained on, so the file says all it has seen
+        model.metadata["init"] = {k: init.metadata[k] for k in ("steps", "data", "n_train", "seed", "init")
+                                  if k in init.metadata}
     model.save(args.output)
     print(f"wrote {args.output} (threshold {best:g})", file=sys.stderr)
     return 0

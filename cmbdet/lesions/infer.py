@@ -42,6 +42,7 @@ class LesionModel:
     threshold: float = DEFAULT_THRESHOLD
     min_ml: float = DEFAULT_MIN_ML
     refine_hu: bool = False  # CT: redraw margins from the density (`refine_with_density`)
+    refine_mm: float = 0.0  # CT: how far (mm) a redrawn margin may move out; 0 = one voxel of the input grid
     max_dense_fraction: float = 1.0  # CT: drop lesions denser than blood (`drop_calcified`); 1 = off
     group_mm: float = GROUP_MM  # pieces of blood closer than this are one lesion
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -50,8 +51,8 @@ class LesionModel:
     def save(self, path: str | Path) -> Path:
         meta = dict(self.metadata, kind="lesions", modality=self.modality, width=self.net.width,
                     in_channels=self.net.in_channels, spacing_mm=self.spacing_mm, threshold=self.threshold,
-                    min_ml=self.min_ml, refine_hu=self.refine_hu, max_dense_fraction=self.max_dense_fraction,
-                    group_mm=self.group_mm)
+                    min_ml=self.min_ml, refine_hu=self.refine_hu, refine_mm=self.refine_mm,
+                    max_dense_fraction=self.max_dense_fraction, group_mm=self.group_mm)
         return save_state(path, self.net.state_dict(), meta)
 
 
@@ -68,12 +69,13 @@ def load_lesion_model(path: str | Path | None = None, *, device: str | None = No
     return LesionModel(net=net, modality=str(meta.get("modality", "ct")), spacing_mm=float(meta["spacing_mm"]),
                        threshold=float(meta.get("threshold", DEFAULT_THRESHOLD)),
                        min_ml=float(meta.get("min_ml", DEFAULT_MIN_ML)), refine_hu=bool(meta.get("refine_hu", False)),
+                       refine_mm=float(meta.get("refine_mm", 0.0)),
                        max_dense_fraction=float(meta.get("max_dense_fraction", 1.0)),
                        group_mm=float(meta.get("group_mm", GROUP_MM)), device=dev, metadata=meta)
 
 
 def set_operating_point(model: LesionModel, *, threshold: float | None = None, min_ml: float | None = None,
-                        refine: str | None = None, max_dense: float | None = None,
+                        refine: str | None = None, refine_mm: float | None = None, max_dense: float | None = None,
                         group_mm: float | None = None) -> LesionModel:
     """Override the stored operating point of ``model`` in place where a value is given (``refine``
     "on"/"off"); returns it. Used by the bench and by the tool that stores a chosen point."""
@@ -83,6 +85,8 @@ def set_operating_point(model: LesionModel, *, threshold: float | None = None, m
         model.min_ml = min_ml
     if refine is not None:
         model.refine_hu = refine == "on"
+    if refine_mm is not None:
+        model.refine_mm = refine_mm
     if max_dense is not None:
         model.max_dense_fraction = max_dense
     if group_mm is not None:
@@ -131,16 +135,18 @@ def localize_lesions(volume: Volume, model: LesionModel) -> Lesions:
 def ct_lesions_from_probability(volume: Volume, work: CTWorkingImage, prob: np.ndarray, model: LesionModel
                                 ) -> Lesions:
     """The CT steps after the blood probability (``prob`` on ``work``'s grid): kept near the brain,
-    grouped, margins redrawn from the density and calcifications dropped, as ``model``'s operating
+    grouped, calcifications dropped and margins redrawn from the density, as ``model``'s operating
     point says. Any source of blood probability goes through here (the network, or a compared model)."""
     prob = prob * ndimage.binary_dilation(work.mask, iterations=2)
     lesions = lesions_from_probability(volume, prob, work.affine, work.mask, threshold=model.threshold,
                                        min_ml=model.min_ml, group_mm=model.group_mm)
     labels, scores = lesions.labels, lesions.score
-    if model.refine_hu and len(lesions):
-        labels = refine_with_density(volume.data, labels)
+    # calcifications are judged on the network's own mask: the refinement keeps only blood densities,
+    # which would hide the dense voxels the filter looks for
     if model.max_dense_fraction < 1.0 and len(lesions):
         labels, scores = drop_calcified(volume.data, labels, scores, model.max_dense_fraction)
+    if model.refine_hu and len(scores):
+        labels = refine_with_density(volume.data, labels, volume.spacing_mm, grow_mm=model.refine_mm)
     if labels is not lesions.labels:
         lesions = measure_lesions(volume, labels, scores, work.mask, work.affine)
     return lesions
@@ -164,20 +170,27 @@ def drop_calcified(hu: np.ndarray, labels: np.ndarray, scores: np.ndarray, max_f
     return out, np.asarray(kept, float)
 
 
-def refine_with_density(hu: np.ndarray, labels: np.ndarray, *, low_hu: float = 45.0, high_hu: float = 100.0
-                        ) -> np.ndarray:
+def refine_with_density(hu: np.ndarray, labels: np.ndarray, spacing_mm: np.ndarray, *, grow_mm: float = 0.0,
+                        low_hu: float = 45.0, high_hu: float = 100.0) -> np.ndarray:
     """Redraw each lesion's margin on the input grid from the density: the network's mask eroded by
-    one voxel (its core, hypodense swirls and holes included) plus the voxels within one voxel of it
-    whose in-plane-smoothed HU is blood (``low_hu``..``high_hu``). (I, J, K) int16 labels."""
+    one voxel (its core, hypodense swirls and holes included) plus the voxels within ``grow_mm`` of it
+    (0: one voxel, face-connected) whose in-plane-smoothed HU is blood (``low_hu``..``high_hu``).
+    ``hu`` (I, J, K) HU and ``labels`` (I, J, K) int on one grid of ``spacing_mm`` (3,). (I, J, K) labels."""
+    spacing_mm = np.asarray(spacing_mm, float)
+    reach = np.maximum(np.ceil(grow_mm / spacing_mm).astype(int), 1) + 1
     out = np.zeros_like(labels)
     for n, box in enumerate(ndimage.find_objects(labels.astype(np.int32)), start=1):
         if box is None:
             continue
-        box = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in box)
+        box = tuple(slice(max(s.start - r, 0), s.stop + r) for s, r in zip(box, reach, strict=True))
         mask = labels[box] == n
         smooth = ndimage.gaussian_filter(hu[box], (0.7, 0.7, 0.0))
         blood = (smooth >= low_hu) & (smooth <= high_hu)
-        grown = (ndimage.binary_dilation(mask) & blood) | ndimage.binary_erosion(mask)
+        if grow_mm > 0:
+            near = ndimage.distance_transform_edt(~mask, sampling=spacing_mm) <= grow_mm
+        else:
+            near = ndimage.binary_dilation(mask)
+        grown = (near & blood) | ndimage.binary_erosion(mask)
         grown = ndimage.binary_fill_holes(grown)
         region = out[box]
         region[grown & (region == 0)] = n
