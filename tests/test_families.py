@@ -75,3 +75,26 @@ def test_axial_mip_turns_an_oblique_vein_dot_into_a_line():
     assert dark_mip.sum() >= 4 * dark_plane.sum()
     cols = np.flatnonzero(dark_mip.any(axis=0))
     assert cols.max() - cols.min() >= 0.7 * 64 * 10 / 32  # ~10 mm across the slab, in 0.5 mm pixels
+
+
+def test_resolution_ingredient_draws_thick_slices_on_its_own_stream():
+    """Some randomized scans get 4-6 mm slices (the protocol table stops at 4 mm); a scan whose slices
+    were not redrawn is exactly what `--without resolution` (revision 1 of the family) draws."""
+    from cmbdet.phantom.randomize import THICK_SLICE_MM
+
+    def pair(seed: int):
+        rng = [5, seed]
+        with_it = subject_maker("randomized")(np.random.default_rng(rng), subject="a", tiny=True)
+        without = subject_maker("randomized", without=("resolution",))(np.random.default_rng(rng), subject="a",
+                                                                       tiny=True)
+        return with_it.image, without.image
+
+    thick, table = pair(1)
+    assert THICK_SLICE_MM[0] <= max(thick.header.get_zooms()) <= THICK_SLICE_MM[1]
+    assert max(table.header.get_zooms()) <= 3.0  # the tiny protocol table's 2-3 mm
+    extent = [np.ptp(nib.affines.apply_affine(img.affine, np.argwhere(np.ones(img.shape, bool))[[0, -1]]), axis=0)
+              for img in (thick, table)]
+    assert np.allclose(np.sort(extent[0]), np.sort(extent[1]), atol=6.0)  # the same slab, fewer slices
+    same, unchanged = pair(0)
+    assert same.shape == unchanged.shape
+    np.testing.assert_array_equal(np.asarray(same.dataobj), np.asarray(unchanged.dataobj))

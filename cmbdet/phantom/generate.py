@@ -79,6 +79,7 @@ from .randomize import (
     CmbProfile,
     Randomization,
     multicoil_noise,
+    randomize_slices,
     randomize_tissue,
     sample_cmb_profile,
     sample_vessel_style,
@@ -229,6 +230,8 @@ def make_subject(
     dr = None if randomization is None else np.random.default_rng(rng.integers(2**63))
     if protocol is None:
         protocol = sample_protocol(rng, tiny=tiny)
+        if dr is not None and randomization.resolution:  # a stream of its own: other draws unchanged
+            protocol = randomize_slices(protocol, np.random.Generator(dr.bit_generator.jumped()))
     if protocol.contrast not in ("swi", "gre"):
         raise ValueError(f"contrast must be 'swi' or 'gre', got {protocol.contrast!r}")
     res = _base_resolution(protocol, tiny)

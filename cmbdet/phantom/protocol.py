@@ -78,6 +78,18 @@ class Protocol:
             shape=tuple(int(nc[a]) for a in axes),  # type: ignore[arg-type]
         )
 
+    def with_slice_mm(self, slice_mm: float) -> Protocol:
+        """Same acquisition with slices of ``slice_mm`` (mm), the slab's coverage kept (fewer or more
+        slices); the name says so."""
+        axis = self.slice_axis
+        coverage_mm = self.voxel_mm[axis] * self.shape[axis]
+        voxel = list(self.voxel_mm)
+        shape = list(self.shape)
+        voxel[axis] = float(slice_mm)
+        shape[axis] = max(4, int(round(coverage_mm / slice_mm)))
+        return dataclasses.replace(self, voxel_mm=tuple(voxel), shape=tuple(shape),  # type: ignore[arg-type]
+                                   name=f"{self.name}_slices{slice_mm:g}mm")
+
     def as_row(self) -> dict[str, object]:
         """Flat dict for protocols.csv."""
         return {
