@@ -98,3 +98,21 @@ def test_resolution_ingredient_draws_thick_slices_on_its_own_stream():
     same, unchanged = pair(0)
     assert same.shape == unchanged.shape
     np.testing.assert_array_equal(np.asarray(same.dataobj), np.asarray(unchanged.dataobj))
+
+
+def test_thicker_slices_change_the_slice_axis_only_in_any_axis_order():
+    from cmbdet.phantom.families import family_revision
+    from cmbdet.phantom.protocol import Protocol
+
+    base = Protocol(voxel_mm=(0.5, 0.5, 2.0), axcodes=("R", "A", "S"), oblique_deg=0.0, contrast="gre",
+                    shape=(400, 440, 70))
+    for codes in (("R", "A", "S"), ("P", "I", "R"), ("S", "L", "P")):
+        proto = base.with_axcodes(codes)
+        thick = proto.with_slice_mm(5.0)
+        axis = proto.slice_axis
+        assert thick.axcodes == proto.axcodes and thick.voxel_mm[axis] == 5.0 and thick.shape[axis] == 28
+        others = [a for a in range(3) if a != axis]
+        assert [thick.voxel_mm[a] for a in others] == [proto.voxel_mm[a] for a in others]
+        assert [thick.shape[a] for a in others] == [proto.shape[a] for a in others]
+    assert family_revision("randomized") == 2 and family_revision("randomized", ("resolution",)) == 1
+    assert family_revision("randomized", ("noise",)) == 2 and family_revision("beta") == 2

@@ -197,6 +197,11 @@ def test_pieces_closer_than_the_grouping_distance_are_one_lesion(tmp_path):
     model = set_operating_point(load_lesion_model(), group_mm=12.0, refine_mm=2.5)
     again = load_lesion_model(model.save(tmp_path / "w.safetensors"))
     assert again.group_mm == 12.0 and again.refine_mm == 2.5  # the operating point is stored with the weights
+    from cmbdet.weights import load_state, save_state
+
+    state, meta = load_state(tmp_path / "w.safetensors")
+    del meta["refine_mm"]  # weights written before refine_mm existed: one voxel, as then
+    assert load_lesion_model(save_state(tmp_path / "old.safetensors", state, meta)).refine_mm == 0.0
     assert load_lesion_model().group_mm == 15.0  # the shipped CT point is 15 mm
 
 
@@ -222,3 +227,17 @@ def test_calcification_is_judged_before_the_margins_are_redrawn():
     found = ct_lesions_from_probability(volume, work, prob, model)
     assert len(found) == 1 and found.volume_ml[0] == pytest.approx(8 * 8 * 8 / 1000.0)
     assert np.allclose(found.xyz_mm[0], [27.5, 27.5, 9.5])
+
+
+def test_a_lesion_the_refinement_would_empty_keeps_the_networks_mask():
+    """A one-slice mask on thick slices with no blood density: erosion leaves no core and no voxel is
+    45-100 HU; the lesion is kept as the network drew it instead of vanishing from the numbering."""
+    from cmbdet.lesions.infer import refine_with_density
+
+    hu = np.full((20, 20, 6), 40.0)
+    hu[2:6, 2:6, 1:4] = 70.0
+    labels = np.zeros(hu.shape, np.int16)
+    labels[2:6, 2:6, 1:4] = 1  # a blood-dense lesion
+    labels[12:15, 12:15, 3] = 2  # one slice, 40 HU
+    refined = refine_with_density(hu, labels, np.array([0.5, 0.5, 5.0]))
+    assert (refined[2:6, 2:6, 1:4] == 1).all() and ((refined == 2) == (labels == 2)).all()

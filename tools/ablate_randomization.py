@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """What each domain-randomization ingredient buys the stage-2 shape model, on the VALIDATION family.
 
-    for X in tissue vessels cmb_profile noise swi_mask; do
-        cmbdet phantom -o DATA/rand-without-$X -n 40 --seed S_X --family randomized --without $X --no-montage
+    for X in tissue vessels cmb_profile noise swi_mask resolution; do
+        cmbdet phantom -o DATA/rand-without-$X -n 40 --seed S_X --family randomized --without $X,resolution --no-montage
     done
     python tools/ablate_randomization.py --base DATA/train-classic-s103 --full DATA/train-rand-s101 \
         --without DATA/rand-without-* --val DATA/val-beta-s7101 DATA/val-beta-s7102 --cache WORK/shape --n 40

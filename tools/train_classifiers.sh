@@ -33,7 +33,11 @@ EOF
 
 python -m cmbdet train classifier --task hbm --data "$DATA/hbm_train" -o "$OUT/classifier_hbm.safetensors" \
     --cache "$DATA/cache_hbm" --seed 0
+# The shipped expansion classifier was trained on the crops of the session-6 CT localizer (git: weights/
+# lesions_ct.safetensors before commit b599a12); set CT_LOCALIZER to that file to reproduce it exactly
+# (default: the shipped, session-8 localizer).
 python -m cmbdet train classifier --task expansion --data "$DATA/exp_train_cta" \
+    ${CT_LOCALIZER:+--lesion-weights "$CT_LOCALIZER"} \
     -o "$OUT/classifier_expansion.safetensors" --cache "$DATA/cache_exp" --seed 0
 
 python tools/bench_classify.py --task hbm --data "$DATA/hbm_samesite" --out "$OUT/bench_hbm_samesite" \

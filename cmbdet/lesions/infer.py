@@ -173,8 +173,11 @@ def drop_calcified(hu: np.ndarray, labels: np.ndarray, scores: np.ndarray, max_f
 def refine_with_density(hu: np.ndarray, labels: np.ndarray, spacing_mm: np.ndarray, *, grow_mm: float = 0.0,
                         low_hu: float = 45.0, high_hu: float = 100.0) -> np.ndarray:
     """Redraw each lesion's margin on the input grid from the density: the network's mask eroded by
-    one voxel (its core, hypodense swirls and holes included) plus the voxels within ``grow_mm`` of it
-    (0: one voxel, face-connected) whose in-plane-smoothed HU is blood (``low_hu``..``high_hu``).
+    one voxel (its core, hypodense swirls and holes included) plus the voxels near it whose
+    in-plane-smoothed HU is blood (``low_hu``..``high_hu``). Near: ``grow_mm`` 0 = one voxel along
+    each axis (face-connected; through a thick slice that is a whole slice), else within ``grow_mm``
+    of the mask in mm (so not through slices thicker than ``grow_mm``). A lesion with nothing left
+    (a thin mask with no blood density) keeps the network's mask: every label stays.
     ``hu`` (I, J, K) HU and ``labels`` (I, J, K) int on one grid of ``spacing_mm`` (3,). (I, J, K) labels."""
     spacing_mm = np.asarray(spacing_mm, float)
     reach = np.maximum(np.ceil(grow_mm / spacing_mm).astype(int), 1) + 1
@@ -191,7 +194,7 @@ def refine_with_density(hu: np.ndarray, labels: np.ndarray, spacing_mm: np.ndarr
         else:
             near = ndimage.binary_dilation(mask)
         grown = (near & blood) | ndimage.binary_erosion(mask)
-        grown = ndimage.binary_fill_holes(grown)
+        grown = ndimage.binary_fill_holes(grown) if grown.any() else mask  # nothing blood-dense: keep it
         region = out[box]
         region[grown & (region == 0)] = n
     return out

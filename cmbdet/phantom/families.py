@@ -50,6 +50,14 @@ FAMILIES = {
 }
 
 
+def family_revision(family: str, without: tuple[str, ...] | list[str] = ()) -> int:
+    """The revision a set of ``family`` drawn with ingredients ``without`` is: `randomized` without
+    ``resolution`` (the ingredient revision 2 added) draws revision 1 exactly."""
+    if family == "randomized" and "resolution" in without:
+        return 1
+    return FAMILIES[family].revision
+
+
 def subject_maker(family: str, *, without: tuple[str, ...] = ()) -> Callable[..., PhantomSubject]:
     """``make(rng, *, subject, tiny) -> PhantomSubject`` for a family. ``without``: randomization
     ingredients switched off (``randomized`` only; for ablations)."""

@@ -230,7 +230,7 @@ def make_subject(
     dr = None if randomization is None else np.random.default_rng(rng.integers(2**63))
     if protocol is None:
         protocol = sample_protocol(rng, tiny=tiny)
-        if dr is not None and randomization.resolution:  # a stream of its own: other draws unchanged
+        if dr is not None and randomization.resolution:  # own stream: scans not redrawn stay as they were
             protocol = randomize_slices(protocol, np.random.Generator(dr.bit_generator.jumped()))
     if protocol.contrast not in ("swi", "gre"):
         raise ValueError(f"contrast must be 'swi' or 'gre', got {protocol.contrast!r}")
@@ -437,7 +437,7 @@ def write_phantom_set(
     ``protocol_sampler(rng)`` (optional, classic family only) replaces :func:`sample_protocol`;
     it receives the subject's generator before anything else is drawn.
     """
-    from .families import FAMILIES, subject_maker
+    from .families import FAMILIES, family_revision, subject_maker
 
     make = subject_maker(family, without=tuple(without))
     if protocol_sampler is not None and family != "classic":
@@ -483,7 +483,7 @@ def write_phantom_set(
                    "n_cmb": sum(1 for row in truth if row["x_mm"] != ""),
                    "n_cmb_free": sum(1 for row in truth if row["x_mm"] == ""),
                    "without": sorted(without), "tiny": bool(tiny),
-                   "revision": FAMILIES[family].revision}
+                   "revision": family_revision(family, without)}
     write_bytes_atomic(out / "dataset.json", json.dumps(description, indent=1).encode())
     return out
 

@@ -24,8 +24,9 @@ Ingredients (`Randomization` fields):
   multiplied into the magnitude 2-5 times (dipole-shaped halos, darker veins).
 * ``resolution``: slices thicker than the protocol table's 4 mm: on 40 % of scans the slices are
   redrawn at 4-6 mm (clinical 5 mm T2*-GRE; partial volume makes a small microbleed faint), in-plane
-  size and coverage kept. Drawn from a stream of its own, so every other draw of a subject is the
-  same with or without it.
+  size and coverage kept. Drawn from a stream of its own, so a scan whose slices are not redrawn is
+  exactly the scan drawn without this ingredient (a redrawn one is a new draw: its grid changes what
+  follows).
 """
 
 from __future__ import annotations
