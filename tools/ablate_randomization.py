@@ -14,7 +14,9 @@ combination: 30 candidates and a shape share of 0.75, with the stage-1 weight an
 per model on the validation scans (`choose_stage2_point`). Prints the ROC AUC among the first 60
 candidates per validation scan (microbleed vs clear mimic) and the F1, sensitivity and FP/subject at
 each model's validation operating point. Per-scan measurements are cached in ``--cache`` (the
-format of tools/train_shape_stage.py, so its cache can be shared).
+format of tools/train_shape_stage.py, so its cache can be shared); each randomized set in a folder
+of its own there, so that sets drawn with one seed (e.g. with and without an ingredient) can be
+compared.
 """
 
 from __future__ import annotations
@@ -53,9 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     proposer = load_proposer(None)
     reclassifier = load_reclassifier(shipped_weights("reclassifier.safetensors"))
 
-    def measured(folders: list[str], limit: int | None = None, yolo: bool = False):
+    def measured(folders: list[str], limit: int | None = None, yolo: bool = False, own_cache: bool = False):
+        # own_cache: a randomized set's subjects share names with the other sets of its seed
+        where = cache / Path(folders[0]).name if own_cache else cache
+        where.mkdir(parents=True, exist_ok=True)
         scans = [s for d in folders for s in read_labelled_set(d)][:limit]
-        pairs = [_samples(s, proposer, reclassifier, 150, cache, yolo) for s in scans]
+        pairs = [_samples(s, proposer, reclassifier, 150, where, yolo) for s in scans]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
     base, _ = measured(args.base)
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| randomized scans | candidate ROC AUC | F1 | sensitivity | FP/subject |")
     print("|---|---|---|---|---|")
     for name, folder in sets.items():
-        train, _ = measured([folder], args.n)
+        train, _ = measured([folder], args.n, own_cache=True)
         model = train_shape_model(base + train, seed=args.seed)
         keep = [(s.is_cmb | s.clear_mimic)[:60] for s in val]
         truth = np.concatenate([s.is_cmb[:60][k] for s, k in zip(val, keep, strict=True)])
