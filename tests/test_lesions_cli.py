@@ -70,6 +70,9 @@ def test_cli_network_on_ct_writes_everything(ct_inputs, lesion_weights, tmp_path
         assert (out / subject / f"{subject}_lesions.png").stat().st_size > 1000
         sidecar = json.loads((out / subject / f"{subject}_desc-hemorrhage_dseg.json").read_text())
         assert sidecar["modality"] == "ct" and any("HU" in note for note in sidecar["read"])
+        # the operating point the lesions were made with, so a reader can redo them
+        assert {"threshold", "min_ml", "group_mm", "max_dense_fraction", "refine_hu", "refine_mm"} <= set(
+            sidecar["model"]) and sidecar["model"]["threshold"] == 0.5
     n_sub01 = int(next(r["n_lesions"] for r in counts if r["subject"] == "sub-01"))
     labels = np.asarray(nib.load(str(out / "sub-01" / "sub-01_desc-hemorrhage_dseg.nii.gz")).dataobj)
     assert labels.max() == n_sub01

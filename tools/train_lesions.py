@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     best = max(dice, key=dice.get)
     print("validation Dice (working grid) by threshold: " + ", ".join(f"{t:g}: {d:.3f}" for t, d in dice.items()))
     model.threshold = float(best)
-    model.metadata.update(seed=args.seed, data=[describe_lesion_set(d) for d in args.data], n_train=len(train),
+    model.metadata.update(seed=args.seed, lr=args.lr, data=[describe_lesion_set(d) for d in args.data],
+                          n_train=len(train),
                           n_val=len(val),
                           val_dice=round(dice[best], 4), val_scans=[p[1].name for p in val_pairs])
     if init is not None:  # what the starting weights were trained on, so the file says all it has seen

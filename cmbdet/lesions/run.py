@@ -227,8 +227,12 @@ def model_summary(model: LesionModel | None) -> dict:
     """What the sidecar says about the network ({} when none ran)."""
     if model is None:
         return {}
-    return {"modality": model.modality, "threshold": model.threshold, "min_ml": model.min_ml,
-            "spacing_mm": model.spacing_mm, "steps": model.metadata.get("steps")}
+    summary = {"modality": model.modality, "threshold": model.threshold, "min_ml": model.min_ml,
+               "group_mm": model.group_mm, "spacing_mm": model.spacing_mm, "steps": model.metadata.get("steps")}
+    if model.modality == "ct":  # the CT steps after the network (`ct_lesions_from_probability`)
+        summary.update(max_dense_fraction=model.max_dense_fraction, refine_hu=model.refine_hu,
+                       refine_mm=model.refine_mm)
+    return summary
 
 
 # --- the batch: units as the runner's subjects, and the per-subject job -------------------------
