@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """What each domain-randomization ingredient buys the stage-2 shape model, on the VALIDATION family.
 
-    for X in tissue vessels cmb_profile noise swi_mask resolution; do
+    # the five ingredients of revision 1 (the README table; --full is a revision-1 set, `--without resolution`)
+    for X in tissue vessels cmb_profile noise swi_mask; do
         cmbdet phantom -o DATA/rand-without-$X -n 40 --seed S_X --family randomized --without $X,resolution --no-montage
     done
     python tools/ablate_randomization.py --base DATA/train-classic-s103 --full DATA/train-rand-s101 \
         --without DATA/rand-without-* --val DATA/val-beta-s7101 DATA/val-beta-s7102 --cache WORK/shape --n 40
+    # `resolution` (revision 2): --full a revision-2 set, --without the same seed with `--without resolution`
 
 One shape model per training set: the ``--base`` scans plus ``--n`` scans of the randomized family
 with every ingredient (``--full``) or with one switched off (each ``--without`` folder, named

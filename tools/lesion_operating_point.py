@@ -1,7 +1,7 @@
 """Store an operating point (chosen on validation scans with tools/bench_lesions.py) in lesion weights.
 
     python tools/lesion_operating_point.py IN.safetensors OUT.safetensors --threshold 0.7 --min-ml 0.3 \
-        --refine on --refine-mm 3 --max-dense 0.1 --note "chosen on the 4 ct-a validation scans"
+        --refine on --refine-mm 0 --max-dense 0.1 --note "chosen on the 4 ct-a validation scans"
 """
 
 from __future__ import annotations
