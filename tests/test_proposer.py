@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 from cmbdet.preprocess import brain_mask, prepare_working_image, resample_to_spacing
@@ -116,6 +117,20 @@ def test_thick_slices_spread_a_thin_lesion_over_neighbouring_slices():
     assert thick[0, 0, 15] > 0.5  # partial volume: one dark slice in three
     assert thick[0, 0, 13:18].min() < 0.9 and thick[0, 0, 5] == 1.0
     np.testing.assert_allclose(thick.mean(), image.mean(), atol=0.01)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_six_mm_slices_in_any_plane_dilute_a_small_lesion(axis):
+    from cmbdet.proposer.train import THICKEST_SLICE_VOXELS, _thick_slices
+
+    assert THICKEST_SLICE_VOXELS == 6  # the thickest clinical GRE slices, 6 mm on the 1 mm grid
+    image = np.ones((36, 36, 36), dtype=np.float32)
+    image[16:18, 16:18, 16:18] = 0.0  # a 2 mm microbleed
+    thick = _thick_slices(image, 6, axis=axis)
+    assert thick.shape == image.shape
+    assert 0.5 < thick[17, 17, 17] < 0.9  # partial volume: two dark slices of six, interpolated
+    other = [a for a in range(3) if a != axis][0]
+    assert np.take(thick, 0, axis=other).min() == 1.0  # nothing spreads in-plane
 
 
 def test_mirror_average_is_the_mean_of_both_mirror_images():
