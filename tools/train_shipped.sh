@@ -72,27 +72,4 @@ done
 python tools/ablate_randomization.py --base "$DATA/train-classic-s103" --full "$DATA/train-rand-s101" \
     --without "$DATA"/rand-without-* --val "${VAL[@]}" --cache "$DATA/shape-stage" --n 40
 
-# --- Session 9, tried, not shipped (README "Session 9"): stage 1 and stage 2 on revision 2 -------------
-# Ship rule written before training: validation F1 >= 0.557 with <= 1.0 FP/subject. Best variant: 0.543.
-tried_session9() {
-  phantoms "$DATA/train-rand2-s101" 40 101 randomized      # revision 2 (with 'resolution')
-  phantoms "$DATA/train-rand2-s102" 50 102 randomized
-  mkdir -p "$DATA/s9"
-  local TRAIN2=("$DATA/train-classic-s103" "$DATA/train-rand2-s101" "$DATA/train-rand2-s102")
-  cmbdet train proposer --data "${TRAIN2[@]}" --val "${VAL[@]}" --init weights/proposer.safetensors \
-      -o "$DATA/s9/proposer_r6.safetensors" --steps 2000 --lr 1e-3 --batch-size 8 --seed 5          # 1976 s
-  # (a) shape model refit on the new candidates, shipped YOLO classifier
-  python tools/train_shape_stage.py --train "${TRAIN2[@]}" --val "${VAL[@]}" --proposer "$DATA/s9/proposer_r6.safetensors" \
-      --max-candidates 150 --cache "$DATA/s9/shapeA" -o "$DATA/s9/reclassifier_A.safetensors"
-  # (b) YOLO (mips) retrained on the new candidates, then the shape model with it (training caches of (a) reused)
-  python tools/compare_stage2_views.py --train "${TRAIN2[@]}" --val "${VAL[@]}" --proposer "$DATA/s9/proposer_r6.safetensors" \
-      --layouts mips --epochs 5 --max-candidates 60 --workdir "$DATA/s9/yolo"
-  mkdir -p "$DATA/s9/shapeB" && cp "$DATA"/s9/shapeA/{ph103,randomized10}*.npz "$DATA/s9/shapeB/"
-  python tools/train_shape_stage.py --train "${TRAIN2[@]}" --val "${VAL[@]}" --proposer "$DATA/s9/proposer_r6.safetensors" \
-      --reclassifier "$DATA/s9/yolo/mips.safetensors" --max-candidates 150 --cache "$DATA/s9/shapeB" \
-      -o "$DATA/s9/reclassifier_B.safetensors"
-  # (c) shipped stage 2, operating point chosen again for the new stage 1
-  python tools/train_shape_stage.py --keep-shape --val "${VAL[@]}" --proposer "$DATA/s9/proposer_r6.safetensors" \
-      --max-candidates 150 --cache "$DATA/s9/shapeA" -o "$DATA/s9/reclassifier_C.safetensors"
-}
-if [ "${CMBDET_TRY_SESSION9:-0}" = 1 ]; then tried_session9; fi   # CMBDET_TRY_SESSION9=1 bash tools/train_shipped.sh DATA
+# Session 9 (stage 1 and stage 2 on randomized revision 2, measured, not shipped): tools/try_rev2_retrain.sh
