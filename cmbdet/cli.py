@@ -603,7 +603,8 @@ def _train_classifier(args) -> int:
     try:
         samples = build_sample_set(args.task, args.data, ct_model=localizer if args.task == "expansion" else None,
                                    mri_model=localizer if args.task == "hbm" else None, cache_dir=args.cache,
-                                   progress=lambda i, n, s: log(f"  {i}/{n} {s}") if i % 10 == 0 or i == n else None)
+                                   progress=lambda i, n, s: log(f"  {i}/{n} {s}") if i % 10 == 0 or i == n else None,
+                                   perturbed=args.task == "expansion")
         if args.task == "expansion":
             model, report = train_expansion(samples, rng, val_fraction=args.val_fraction, epochs=args.epochs or 40,
                                             ssl_epochs=args.ssl_epochs, log=log)

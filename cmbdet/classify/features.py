@@ -14,7 +14,12 @@ localizer) and use (`cmbdet classify`) read lesions the same way.
     missing sequence is all zeros and flagged in ``present``), plus the mask (6 channels).
 * ``radiomics``: IBSI-defined features of the 3-D lesion computed by mirp on a 1 mm isotropic crop
   (lesion box plus 10 mm): morphology once, then intensity statistics and texture (GLCM, GLSZM for
-  CT) of each image; names are ``<image>.<mirp feature name>``.
+  CT) of each image; names are ``<image>.<mirp feature name>``. For CT the hematoma's named signs
+  follow (`cmbdet.classify.signs`, names ``signs.<sign>``).
+
+Training also measures each CT lesion again on a perturbed re-acquisition
+(`cmbdet.classify.robustness`), ``perturbed_radiomics``: the features that agree across the two are
+the ones the expansion model may use.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from cmbdet.classify.robustness import perturb_acquisition
+from cmbdet.classify.signs import SIGNS_MARGIN_MM, hematoma_signs
 from cmbdet.lesions.result import Lesions
 from cmbdet.volume import Volume
 
@@ -39,6 +46,8 @@ CT_WINDOW_HU = (0.0, 100.0)
 #: Offsets (mm) of the expansion crop's slices from the largest cross-section.
 SLICE_OFFSETS_MM = (-2.0, -1.0, 0.0, 1.0, 2.0)
 RADIOMICS_MARGIN_MM = 10.0
+#: Changes whenever what `lesion_features` computes changes (training caches are keyed by it).
+FEATURES_VERSION = "2-signs-perturbed"
 
 
 @dataclass
@@ -56,6 +65,7 @@ class LesionFeatures:
     present: np.ndarray
     volume_ml: float
     n_lesions: int
+    perturbed_radiomics: np.ndarray | None = None
 
 
 def mri_channels(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -69,11 +79,13 @@ def mri_channels(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def lesion_features(task: str, reference: Volume, arrays: dict[str, np.ndarray], lesions: Lesions,
-                    *, radiomics: bool = True) -> list[LesionFeatures]:
+                    *, radiomics: bool = True, perturb: np.random.Generator | None = None) -> list[LesionFeatures]:
     """Features of every lesion in ``lesions`` (label map on ``reference``'s canonical grid).
 
     ``arrays``: for ``expansion`` ``{"ct": HU}``; for ``hbm`` the subject's sequences on the
-    reference grid (`cmbdet.lesions.mri.SequenceSet.arrays`), each (I, J, K).
+    reference grid (`cmbdet.lesions.mri.SequenceSet.arrays`), each (I, J, K). ``perturb`` (expansion,
+    training only): also measure each lesion's radiomics on a re-acquisition drawn with this
+    generator (``LesionFeatures.perturbed_radiomics``).
     """
     if task not in PIXEL_MM:
         raise ValueError(f"unknown task {task!r}")
@@ -102,9 +114,13 @@ def lesion_features(task: str, reference: Volume, arrays: dict[str, np.ndarray],
                 around = sample_axial(mask.astype(np.float32), spacing, centre, z0, PIXEL_MM[task]) < 0.5
                 channels.append(np.clip(section / _tissue_level(section, around), 0.0, 4.0))
         channels.append(sample_axial(mask.astype(np.float32), spacing, centre, z0, PIXEL_MM[task]))
-        values, names = (radiomics_vector(task, images, mask, spacing) if radiomics else (np.zeros(0), ()))
+        others = (lesions.labels > 0) & ~mask
+        values, names = (radiomics_vector(task, images, mask, spacing, others) if radiomics else (np.zeros(0), ()))
+        perturbed = None
+        if radiomics and perturb is not None and task == "expansion":
+            perturbed = perturbed_ct_radiomics(perturb, images["ct"], mask, others, spacing)[0]
         out.append(LesionFeatures(n, np.stack(channels).astype(np.float32), values, names, present,
-                                  float(lesions.volume_ml[n - 1]), len(lesions)))
+                                  float(lesions.volume_ml[n - 1]), len(lesions), perturbed))
     return out
 
 
@@ -153,13 +169,17 @@ def crop_1mm(array: np.ndarray, mask: np.ndarray, spacing_mm: np.ndarray,
     return image.reshape(tuple(shape)), sub.reshape(tuple(shape)) >= 0.5
 
 
-def radiomics_vector(task: str, images: dict[str, np.ndarray], mask: np.ndarray,
-                     spacing_mm: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+def radiomics_vector(task: str, images: dict[str, np.ndarray], mask: np.ndarray, spacing_mm: np.ndarray,
+                     other_lesions: np.ndarray | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
     """IBSI radiomics of one lesion with mirp (see module docstring): (F,) values and their names.
-    MRI: missing sequences give zeros under their names (the layout never depends on the input)."""
+    MRI: missing sequences give zeros under their names (the layout never depends on the input).
+    CT: the hematoma's signs follow (``other_lesions``: the mask of the subject's other lesions)."""
     if task == "expansion":
         image, roi = crop_1mm(images["ct"], mask, spacing_mm)
-        return _mirp_features(image, roi, modality="CT", prefix="ct", morphology=True)
+        values, names = _mirp_features(image, roi, modality="CT", prefix="ct", morphology=True)
+        others = np.zeros(mask.shape, bool) if other_lesions is None else other_lesions
+        signs, sign_names = hematoma_signs(images["ct"], mask, others, spacing_mm)
+        return np.concatenate([values, signs]), (*names, *sign_names)
     values, names = [], []
     roi = None
     for name in MRI_SEQUENCES:
@@ -176,6 +196,18 @@ def radiomics_vector(task: str, images: dict[str, np.ndarray], mask: np.ndarray,
     morph, morph_names = _mirp_features(roi.astype(np.float32), roi, modality="MR", prefix="shape", morphology=True,
                                         only_morphology=True)
     return np.concatenate([morph, *values]), (*morph_names, *names)
+
+
+def perturbed_ct_radiomics(rng: np.random.Generator, hu: np.ndarray, mask: np.ndarray, other_lesions: np.ndarray,
+                           spacing_mm: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """`radiomics_vector` of a CT lesion re-acquired as another site might have
+    (`cmbdet.classify.robustness.perturb_acquisition` on its 1 mm crop); same names and order."""
+    image, roi = crop_1mm(hu, mask, spacing_mm, margin_mm=SIGNS_MARGIN_MM)
+    others = crop_1mm(other_lesions.astype(np.float32), mask, spacing_mm, margin_mm=SIGNS_MARGIN_MM)[0] >= 0.5
+    image, roi = perturb_acquisition(rng, image, roi)
+    if not roi.any():
+        roi = crop_1mm(hu, mask, spacing_mm, margin_mm=SIGNS_MARGIN_MM)[1]
+    return radiomics_vector("expansion", {"ct": image}, roi, np.ones(3), others)
 
 
 #: mirp's non-feature columns (identifiers and settings) start with these.

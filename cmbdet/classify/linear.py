@@ -59,8 +59,10 @@ def _folds(y: np.ndarray, groups: np.ndarray, seed: int, n_splits: int = 5):
     return list(StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(y, y, groups))
 
 
-def fit_lasso_svm(x: np.ndarray, y: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> LinearChain:
-    """Fit the chain (see module docstring) on (N, F) features and (N,) 0/1 labels."""
+def fit_lasso_svm(x: np.ndarray, y: np.ndarray, groups: np.ndarray, rng: np.random.Generator,
+                  allowed: np.ndarray | None = None) -> LinearChain:
+    """Fit the chain (see module docstring) on (N, F) features and (N,) 0/1 labels; ``allowed`` (F,)
+    bool: the only features the LASSO may keep (default: all)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.svm import SVC
@@ -81,13 +83,17 @@ def fit_lasso_svm(x: np.ndarray, y: np.ndarray, groups: np.ndarray, rng: np.rand
             out[test] = model.decision_function(z[test][:, columns])
         return roc_auc_score(y, out), out
 
-    all_columns = np.arange(z.shape[1])
+    allowed = np.ones(z.shape[1], bool) if allowed is None else np.asarray(allowed, bool)
+    if not allowed.any():
+        raise ValueError("fit_lasso_svm: no feature is allowed")
+    all_columns = np.nonzero(allowed)[0]
     best = max(PENALTIES, key=lambda c: cv_auc(lambda: LogisticRegression(C=c, l1_ratio=1.0, solver="liblinear",
                                                                            max_iter=2000), all_columns)[0])
-    lasso = LogisticRegression(C=best, l1_ratio=1.0, solver="liblinear", max_iter=2000).fit(z, y)
-    selected = np.abs(lasso.coef_[0]) > 1e-8
+    lasso = LogisticRegression(C=best, l1_ratio=1.0, solver="liblinear", max_iter=2000).fit(z[:, all_columns], y)
+    selected = np.zeros(z.shape[1], bool)
+    selected[all_columns[np.abs(lasso.coef_[0]) > 1e-8]] = True
     if not selected.any():
-        selected[int(np.argmax(np.abs(lasso.coef_[0])))] = True
+        selected[all_columns[int(np.argmax(np.abs(lasso.coef_[0])))]] = True
     columns = np.nonzero(selected)[0]
     scored = {c: cv_auc(lambda c=c: SVC(kernel="linear", C=c), columns) for c in SVM_C}
     svm_c = max(SVM_C, key=lambda c: scored[c][0])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmbdet.classify.features import CROP_PIXELS, LesionFeatures, lesion_features
+from cmbdet.classify.features import CROP_PIXELS, FEATURES_VERSION, LesionFeatures, lesion_features
 from cmbdet.lesions.truth import match_reports, read_truth_map
 
 TASKS = ("hbm", "expansion")
@@ -60,6 +60,9 @@ class SampleSet:
     lesion_ids: np.ndarray
     subject_labels: dict[str, int] = field(default_factory=dict)
     subject_sites: dict[str, str] = field(default_factory=dict)
+    #: (N, F) the radiomics of each lesion's perturbed re-acquisition (expansion training; NaN rows for
+    #: lesions not re-measured), or None.
+    perturbed_radiomics: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -71,7 +74,8 @@ class SampleSet:
                          self.volume_ml[keep], self.n_lesions[keep], self.labels[keep], self.subjects[keep],
                          self.sites[keep], self.lesion_ids[keep],
                          {s: v for s, v in self.subject_labels.items() if s in subjects},
-                         {s: v for s, v in self.subject_sites.items() if s in subjects})
+                         {s: v for s, v in self.subject_sites.items() if s in subjects},
+                         None if self.perturbed_radiomics is None else self.perturbed_radiomics[keep])
 
     def of_subjects(self, subjects) -> SampleSet:
         wanted = set(subjects)
@@ -140,20 +144,39 @@ def localize(subject: PhantomSubject, ct_model, mri_model):
     return lesions, reference, arrays
 
 
+#: One subject in this many (chosen by its name) is also measured on a re-acquisition for training: the
+#: robustness filter's ICC needs a sample of lesions, not all of them, and mirp's morphology is slow.
+REMEASURE_EVERY = 3
+
+
+def _name_number(subject: str) -> int:
+    return int.from_bytes(hashlib.sha256(subject.encode()).digest()[:8], "little")
+
+
+def remeasured(subject: str) -> bool:
+    """Whether training measures this subject's lesions on a re-acquisition too (`REMEASURE_EVERY`)."""
+    return _name_number(subject) % REMEASURE_EVERY == 0
+
+
 def subject_features(task: str, subject: PhantomSubject, *, ct_model=None, mri_model=None,
-                     cache_dir: str | Path | None = None, cache_key: str = "") -> dict:
+                     cache_dir: str | Path | None = None, cache_key: str = "", perturbed: bool = False) -> dict:
     """One subject's localized lesions as arrays (crops, radiomics, names, present, volume_ml,
-    n_lesions, lesion_ids, xyz_mm), from the cache when present (features only: labels are read
-    from the truth every time)."""
+    n_lesions, lesion_ids, xyz_mm; with ``perturbed`` (expansion) also perturbed_radiomics, measured on a
+    re-acquisition drawn from a generator seeded by the subject's name for the `remeasured` subjects, NaN
+    for the others), from the cache when present
+    (features only: labels are read from the truth every time)."""
     cache = None
     if cache_dir is not None:
-        key = hashlib.sha256(f"{task}|{cache_key}|{sorted(p.name for p in subject.files.values())}".encode())
+        files = sorted(p.name for p in subject.files.values())
+        key = hashlib.sha256(f"{task}|{FEATURES_VERSION}|{perturbed}|{cache_key}|{files}".encode())
         cache = Path(cache_dir) / f"{subject.subject}_{key.hexdigest()[:12]}.npz"
         if cache.is_file():
             with np.load(cache, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
     lesions, reference, arrays = localize(subject, ct_model, mri_model)
-    feats: list[LesionFeatures] = lesion_features(task, reference, arrays, lesions)
+    perturb = np.random.default_rng(_name_number(subject.subject)) \
+        if perturbed and task == "expansion" and remeasured(subject.subject) else None
+    feats: list[LesionFeatures] = lesion_features(task, reference, arrays, lesions, perturb=perturb)
     out = {
         "crops": np.stack([f.crop for f in feats]) if feats else np.zeros((0, 6, CROP_PIXELS, CROP_PIXELS), np.float32),
         "radiomics": np.stack([f.radiomics for f in feats]) if feats else np.zeros((0, 0)),
@@ -163,6 +186,9 @@ def subject_features(task: str, subject: PhantomSubject, *, ct_model=None, mri_m
         "lesion_ids": np.array([f.lesion_id for f in feats], int),
         "xyz_mm": lesions.xyz_mm[[f.lesion_id - 1 for f in feats]] if feats else np.zeros((0, 3)),
     }
+    if perturbed and task == "expansion":
+        out["perturbed_radiomics"] = np.stack([f.perturbed_radiomics for f in feats]) if perturb is not None and feats \
+            else np.full(out["radiomics"].shape, np.nan)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.name + ".tmp.npz")
@@ -189,8 +215,9 @@ def label_subject(task: str, subject: PhantomSubject, xyz_mm: np.ndarray) -> tup
 
 
 def build_sample_set(task: str, folders: list[str | Path], *, ct_model=None, mri_model=None,
-                     cache_dir: str | Path | None = None, progress=None) -> SampleSet:
-    """Every subject of the phantom sets in ``folders`` through the localizer (see module docstring)."""
+                     cache_dir: str | Path | None = None, progress=None, perturbed: bool = False) -> SampleSet:
+    """Every subject of the phantom sets in ``folders`` through the localizer (see module docstring);
+    ``perturbed``: expansion lesions are measured on a re-acquisition too (for training)."""
     model = ct_model if task == "expansion" else mri_model
     model_key = json.dumps(model.metadata, sort_keys=True, default=str) if model is not None else ""
     cache_key = hashlib.sha256(model_key.encode()).hexdigest() if model is not None else ""
@@ -198,7 +225,7 @@ def build_sample_set(task: str, folders: list[str | Path], *, ct_model=None, mri
     subjects = [s for folder in folders for s in phantom_subjects(folder, task)]
     for index, subject in enumerate(subjects, start=1):
         data = subject_features(task, subject, ct_model=ct_model, mri_model=mri_model, cache_dir=cache_dir,
-                                cache_key=cache_key)
+                                cache_key=cache_key, perturbed=perturbed)
         data["labels"], subject_label = label_subject(task, subject, data["xyz_mm"])
         data["site"] = subject.site
         if subject_label >= 0:
@@ -221,7 +248,9 @@ def build_sample_set(task: str, folders: list[str | Path], *, ct_model=None, mri
         subjects=np.concatenate([[s] * len(d["labels"]) for s, d in nonempty]),
         sites=np.concatenate([[str(d["site"])] * len(d["labels"]) for _, d in nonempty]),
         lesion_ids=np.concatenate([d["lesion_ids"] for _, d in nonempty]),
-        subject_labels=subject_labels, subject_sites=subject_sites)
+        subject_labels=subject_labels, subject_sites=subject_sites,
+        perturbed_radiomics=np.concatenate([d["perturbed_radiomics"] for _, d in nonempty])
+        if all("perturbed_radiomics" in d for _, d in nonempty) else None)
 
 
 def describe_phantom_sets(folders: list[str | Path], samples: SampleSet) -> dict:

@@ -12,7 +12,10 @@ expansion (baseline CT):
    crop its network was fitted on; at use (and on validation) the deep feature is the mean logit
    of the 5 (`CropEnsemble`: the same scale as the out-of-fold logits; a logit means the same in
    every fold's network, an embedding's coordinates would not);
-3. LASSO + linear SVM + Platt (`cmbdet.classify.linear`) on deep, radiomics and fused features;
+3. LASSO + linear SVM + Platt (`cmbdet.classify.linear`) on deep, radiomics and fused features, the
+   LASSO choosing only among radiomics that a re-acquisition leaves nearly unchanged (ICC >=
+   ``ROBUST_ICC`` between the lesions of the re-measured subjects and their perturbed copies,
+   `cmbdet.classify.robustness`; the sample set must be built with ``perturbed=True``);
 4. threshold: the best Youden index (sensitivity + specificity - 1) of the fused score of each
    validation subject's largest hematoma.
 
@@ -36,7 +39,11 @@ from cmbdet.classify.features import MRI_SEQUENCES
 from cmbdet.classify.linear import fit_lasso_svm
 from cmbdet.classify.model import ClassifierModel, tabular_input
 from cmbdet.classify.nets import CropCNN, CropEncoder, CropEnsemble, HBMNet, SimSiam
-from cmbdet.classify.samples import SampleSet
+from cmbdet.classify.robustness import ROBUST_ICC, intraclass_correlation
+from cmbdet.classify.samples import SampleSet, remeasured
+
+#: The robustness filter needs at least this many re-measured lesions.
+MIN_REMEASURED = 10
 
 Log = Callable[[str], None]
 
@@ -280,12 +287,19 @@ def train_expansion(samples: SampleSet, rng: np.random.Generator, *, val_fractio
         log(f"cross-fitted CNN {k + 1}/{n_splits} done")
     net.eval()
     inputs_fit = {"deep": deep_oof, "radiomics": fit.radiomics, "fused": np.concatenate([deep_oof, fit.radiomics], 1)}
-    chains = {name: fit_lasso_svm(x, fit.labels, fit.subjects, rng) for name, x in inputs_fit.items()}
+    robust = robust_features(fit)
+    if robust is not None:
+        log(f"radiomics robust to a re-acquisition (ICC >= {ROBUST_ICC}): {int(robust.sum())} of {len(robust)}")
+    allowed = {"deep": None, "radiomics": robust,
+               "fused": None if robust is None else np.concatenate([[True], robust])}
+    chains = {name: fit_lasso_svm(x, fit.labels, fit.subjects, rng, allowed[name]) for name, x in inputs_fit.items()}
     for name, chain in chains.items():
         log(f"{name}: LASSO kept {int(chain.selected.sum())} of {len(chain.selected)} features")
     model = ClassifierModel(task="expansion", net=net, threshold=0.5, names=samples.names, chains=chains)
     report: dict = {"fit_subjects": len(fit_subjects), "val_subjects": len(val_subjects), "fit_lesions": len(fit),
                     "val_lesions": len(val)}
+    if robust is not None:
+        report["robust_radiomics"] = {"icc_threshold": ROBUST_ICC, "kept": [n for n, k in zip(fit.names, robust) if k]}
     if len(val):
         deep_val = cnn_logits(net, val.crops)[:, None]
         inputs_val = {"deep": deep_val, "radiomics": val.radiomics,
@@ -298,6 +312,19 @@ def train_expansion(samples: SampleSet, rng: np.random.Generator, *, val_fractio
         report.update({f"val_auc_{name}": _auc(truth, [subject[name][s] for s in names]) for name in chains})
         report["threshold"] = model.threshold
     return model, report
+
+
+def robust_features(samples: SampleSet) -> np.ndarray | None:
+    """(F,) bool: the radiomics whose ICC between each lesion and its perturbed re-acquisition reaches
+    ``ROBUST_ICC`` (`cmbdet.classify.robustness`), over the re-measured lesions; None when the samples
+    carry fewer than ``MIN_REMEASURED`` of them."""
+    if samples.perturbed_radiomics is None or samples.perturbed_radiomics.shape != samples.radiomics.shape:
+        return None
+    rows = np.isfinite(samples.perturbed_radiomics).all(axis=1) & np.array([remeasured(s) for s in samples.subjects])
+    if rows.sum() < MIN_REMEASURED:
+        return None
+    icc = intraclass_correlation(np.stack([samples.radiomics[rows], samples.perturbed_radiomics[rows]]))
+    return icc >= ROBUST_ICC
 
 
 # --- hbm ----------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ Targets are Gaussian blobs at the CMB centres (sigma = radius / TARGET_SIGMA_RAT
 ``min_target_sigma_mm``), so the network's peaks mark centres and their width tells the size. A batch
 mixes patches around CMBs, around known mimics (veins, iron, air-bone dropout: hard negatives) and anywhere in the
 brain. Augmentations model what changes between scanners and head positions: contrast, gamma, noise,
-bias, slice thickness (blur, and partial-volume averaging of 2-6 mm slices in any of the three planes), in-plane blur, flips,
-in-plane axis swaps and small rotations.
+bias, slice thickness (blur, and partial-volume averaging of 2-6 mm slices in any of the three planes),
+in-plane blur, flips, in-plane axis swaps and small rotations.
 """
 
 from __future__ import annotations
