@@ -118,3 +118,17 @@ def test_lasso_keeps_only_allowed_features():
     allowed = np.array([True, True, False, True, True, True])
     chain = fit_lasso_svm(x, y, np.arange(120) // 2, rng, allowed)
     assert not chain.selected[2] and chain.selected[4] and not (chain.selected & ~allowed).any()
+
+
+def test_shipped_expansion_model_reads_only_features_that_survive_a_reacquisition():
+    """The shipped expansion weights record the robust features their training found, and their
+    radiomics and fused chains use no other (the deep feature is the fused chain's column 0)."""
+    from cmbdet.classify.model import load_classifier
+
+    model = load_classifier("expansion")
+    kept = set(model.metadata["validation"]["robust_radiomics"]["kept"])
+    assert "ct.morph_volume" in kept and not any(name.startswith("ct.cm_") for name in kept)
+    names = np.array(model.names)
+    assert set(names[model.chains["radiomics"].selected]) <= kept
+    assert set(names[model.chains["fused"].selected[1:]]) <= kept
+    assert any(name.startswith("signs.") for name in model.names)

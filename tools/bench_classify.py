@@ -121,10 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--label-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="cmbdet classify --workers (seconds per subject "
+                        "are then wall time shared by the workers)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     data, out = Path(args.data), Path(args.out)
-    seconds = run_classify(args.task, data, out, args.weights, [])
+    seconds = run_classify(args.task, data, out, args.weights, ["--workers", str(args.workers)])
     subjects = {s.subject: s for s in phantom_subjects(data, args.task)}
     classified = _rows(out / "classification.csv")
     counts = {r["subject"]: r for r in _rows(out / "counts.csv")}

@@ -33,16 +33,36 @@ EOF
 
 python -m cmbdet train classifier --task hbm --data "$DATA/hbm_train" -o "$OUT/classifier_hbm.safetensors" \
     --cache "$DATA/cache_hbm" --seed 0
-# The shipped expansion classifier was trained on the crops of the session-6 CT localizer (git: weights/
-# lesions_ct.safetensors before commit b599a12); set CT_LOCALIZER to that file to reproduce it exactly
-# (default: the shipped, session-8 localizer).
+# The shipped expansion classifier (session 10) was trained on the crops of the shipped (session-8) CT
+# localizer, with the sign features and the re-acquisition robustness filter (training re-measures a
+# third of the subjects: about 1 CPU-hour more). Its training folders were subjects 0-139, 140-199 and
+# 200-219 of this same set (seed 300), written in three runs; the scans are the same.
 python -m cmbdet train classifier --task expansion --data "$DATA/exp_train_cta" \
-    ${CT_LOCALIZER:+--lesion-weights "$CT_LOCALIZER"} \
     -o "$OUT/classifier_expansion.safetensors" --cache "$DATA/cache_exp" --seed 0
+
+# Session 10's ship decision (validation only; rule and figures in weights/CLASSIFIERS.md): the previous
+# expansion weights (git show 77d6da5:weights/classifier_expansion.safetensors > $OUT/previous.safetensors)
+# against the new ones on full-resolution ct-a (seed 330) and on new coarse ct-a (seed 340).
+python - "$DATA" <<'EOF'
+import sys
+from cmbdet.phantom.ct import write_ct_set
+data = sys.argv[1]
+for i in range(0, 80, 5):
+    write_ct_set(f"{data}/exp_val_cta_full", 5, 330, family="ct-a", pairs=True, start=i, p_free=0.0)
+for i in range(0, 60, 5):
+    write_ct_set(f"{data}/exp_val_cta_coarse", 5, 340, family="ct-a", fast=True, pairs=True, start=i, p_free=0.0)
+EOF
+if [ -f "$OUT/previous.safetensors" ]; then
+    for set in exp_val_cta_full exp_val_cta_coarse; do
+        python tools/compare_expansion_models.py --data "$DATA/$set" --cache "$DATA/cache_val" \
+            --weights "$OUT/previous.safetensors" "$OUT/classifier_expansion.safetensors"
+    done
+fi
 
 python tools/bench_classify.py --task hbm --data "$DATA/hbm_samesite" --out "$OUT/bench_hbm_samesite" \
     --weights "$OUT/classifier_hbm.safetensors"
 python tools/bench_classify.py --task hbm --data "$DATA/hbm_test_s4" --out "$OUT/bench_hbm_s4" \
     --weights "$OUT/classifier_hbm.safetensors"
 python tools/bench_classify.py --task expansion --data "$DATA/exp_test_ctb" --out "$OUT/bench_exp_ctb" \
-    --weights "$OUT/classifier_expansion.safetensors" --ssl-train "$DATA/exp_train_cta" --cache "$DATA/cache_exp"
+    --weights "$OUT/classifier_expansion.safetensors" --ssl-train "$DATA/exp_train_cta" --cache "$DATA/cache_exp" \
+    --workers 2
