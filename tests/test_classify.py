@@ -16,7 +16,7 @@ from cmbdet.classify.features import CROP_PIXELS, MRI_SEQUENCES, lesion_features
 from cmbdet.classify.linear import LinearChain, fit_lasso_svm
 from cmbdet.classify.model import load_classifier
 from cmbdet.classify.run import CLASSIFICATION_COLUMNS, COUNT_COLUMNS
-from cmbdet.classify.samples import SampleSet, build_sample_set
+from cmbdet.classify.samples import SampleSet, build_sample_set, remeasured
 from cmbdet.classify.train import (
     choose_threshold,
     cross_site_contrastive,
@@ -315,6 +315,21 @@ def test_expansion_samples_from_a_phantom_pair_set(tmp_path):
     again = build_sample_set("expansion", [tmp_path / "pairs"], ct_model=load_lesion_model(),
                              cache_dir=tmp_path / "cache")
     assert np.array_equal(again.labels, samples.labels) and np.allclose(again.radiomics, samples.radiomics)
+    assert samples.perturbed_radiomics is None and any(n.startswith("signs.") for n in samples.names)
+    # training's view: the re-measured subject (x0000 of seed 77) also carries a perturbed re-acquisition
+    training = build_sample_set("expansion", [tmp_path / "pairs"], ct_model=load_lesion_model(),
+                                cache_dir=tmp_path / "cache", perturbed=True)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 4  # its own cache entries
+    # mirp estimates Moran's I and Geary's C of large lesions by Monte Carlo: not the same run to run
+    exact = np.array([n not in ("ct.morph_moran_i", "ct.morph_geary_c") for n in training.names])
+    assert np.allclose(training.radiomics[:, exact], samples.radiomics[:, exact])
+    first = training.subjects == "sub-cta77x0000"
+    assert remeasured("sub-cta77x0000") and not remeasured("sub-cta77x0001")
+    assert np.isfinite(training.perturbed_radiomics[first]).all()
+    assert np.isnan(training.perturbed_radiomics[~first]).all()
+    volume = training.names.index("ct.morph_volume")
+    assert training.perturbed_radiomics[first, volume] == pytest.approx(training.radiomics[first, volume], rel=0.5)
+    assert not np.allclose(training.perturbed_radiomics[first], training.radiomics[first])
 
 
 def test_shipped_hbm_classifier_tells_a_metastasis_from_a_hematoma(tmp_path):
