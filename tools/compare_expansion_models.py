@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             labels = np.array([samples.subject_labels[s] for s in names])
             scores = np.array([by_subject[s] for s in names])
             auc, lo, hi = auc_with_ci(labels, scores, np.random.default_rng(args.seed))
-            print(f"{path}  {variant:9s}  subjects {len(names)} ({labels.sum()} expand)  AUC {auc:.3f} [{lo:.3f}, {hi:.3f}]")
+            print(f"{path}  {variant:9s}  subjects {len(names)} ({labels.sum()} expand)  "
+                  f"AUC {auc:.3f} [{lo:.3f}, {hi:.3f}]")
     return 0
 
 
