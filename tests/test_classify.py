@@ -348,3 +348,25 @@ def test_shipped_hbm_classifier_tells_a_metastasis_from_a_hematoma(tmp_path):
     assert main(["classify", *map(str, files), "--task", "hbm", "-o", str(out), "--quiet", "--no-pictures"]) == 0
     subject_rows = {r["subject"]: r["label"] for r in _rows(out / "classification.csv") if not r["lesion_id"]}
     assert subject_rows == {"sub-mris15x0000_ses-1": "ich", "sub-mris15x0001_ses-1": "hbm"}
+
+
+def test_train_classifier_command_on_a_phantom_pair_set(tmp_path):
+    """`cmbdet train classifier --task expansion` as a user runs it: phantom pairs in, loadable weights
+    out, with what they were trained on, and the re-measured subjects' lesions in the cache."""
+    from cmbdet.phantom.ct import write_ct_set
+    from cmbdet.weights import read_metadata
+
+    write_ct_set(tmp_path / "pairs", 10, 21, family="ct-a", fast=True, pairs=True, p_free=0.0)  # 5 expand, 5 not
+    weights = tmp_path / "w.safetensors"
+    assert main(["train", "classifier", "--task", "expansion", "--data", str(tmp_path / "pairs"), "-o", str(weights),
+                 "--cache", str(tmp_path / "cache"), "--epochs", "1", "--ssl-epochs", "1", "--quiet"]) == 0
+    meta = read_metadata(weights)
+    assert meta["training_data"]["sources"] == ["pairs"] and meta["training_data"]["n_subjects"] == 10
+    assert 0.0 < load_classifier("expansion", weights).threshold < 1.0
+    remeasured_subjects = [f"sub-cta21x{i:04d}" for i in range(10) if remeasured(f"sub-cta21x{i:04d}")]
+    assert remeasured_subjects  # 3 of these 10
+    for cached in (tmp_path / "cache").glob("*.npz"):
+        with np.load(cached) as data:
+            rows = data["perturbed_radiomics"]
+            subject = cached.name.rsplit("_", 1)[0]
+            assert np.isfinite(rows).all() if subject in remeasured_subjects else np.isnan(rows).all()
