@@ -132,3 +132,11 @@ def test_shipped_expansion_model_reads_only_features_that_survive_a_reacquisitio
     assert set(names[model.chains["radiomics"].selected]) <= kept
     assert set(names[model.chains["fused"].selected[1:]]) <= kept
     assert any(name.startswith("signs.") for name in model.names)
+
+
+def test_expansion_training_says_when_there_are_too_few_subjects():
+    from cmbdet.classify.train import train_expansion
+
+    with pytest.raises(ValueError, match="too few subjects to fit"):
+        train_expansion(_synthetic("expansion", n_subjects=3), np.random.default_rng(0), val_fraction=0.25, width=4,
+                        epochs=1, ssl_epochs=0, folds=2)

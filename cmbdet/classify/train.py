@@ -270,6 +270,11 @@ def train_expansion(samples: SampleSet, rng: np.random.Generator, *, val_fractio
     labelled = _labelled(samples)
     fit_subjects, val_subjects = split_subjects(labelled, rng, val_fraction)
     fit, val = labelled.of_subjects(fit_subjects), labelled.of_subjects(val_subjects)
+    per_class = [len({s for s, y in zip(fit.subjects, fit.labels) if y == label}) for label in (0, 1)]
+    if min(per_class) < 2:  # the subject-grouped cross-validation needs two subjects of each class
+        raise ValueError(f"too few subjects to fit after holding out {len(val_subjects)} for validation "
+                         f"({per_class[1]} with an expanding and {per_class[0]} with a stable hematoma; "
+                         f"at least 2 of each are needed, 50+ for a useful model)")
     log(f"expansion: {len(fit)} lesions / {len(fit_subjects)} subjects to fit, "
         f"{len(val)} / {len(val_subjects)} to validate")
     encoder = pretrain_simsiam(fit.crops, rng, task="expansion", width=width, epochs=ssl_epochs, log=log) \
