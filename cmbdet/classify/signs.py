@@ -83,7 +83,7 @@ def hematoma_signs(hu: np.ndarray, lesion_mask: np.ndarray, other_lesions_mask: 
         islands = (sizes >= 5) & (sizes <= max(0.3 * mask.sum(), 50)) & ~reaches
         values["signs.island_count"] = float(islands.sum())
         values["signs.island_log_ml"] = float(np.log1p(sizes[islands].sum()))
-    other_labels, n_other = ndimage.label(others & (distance <= 20.0))
+    _, n_other = ndimage.label(others & (distance <= 20.0))
     values["signs.nearby_lesions"] = float(n_other)
     shell = (distance > 0) & (distance <= 3.0)
     values["signs.csf_contact"] = float(((smooth >= CSF_HU[0]) & (smooth <= CSF_HU[1]) & shell).sum()
