@@ -256,8 +256,17 @@ def build_sample_set(task: str, folders: list[str | Path], *, ct_model=None, mri
 def describe_phantom_sets(folders: list[str | Path], samples: SampleSet) -> dict:
     """What a classifier was trained on, for its weights' metadata (folder names, families/sites,
     counts; never a path on the training machine)."""
+    revisions: dict[str, set[str]] = {}
+    for folder in folders:
+        protocols = Path(folder) / "protocols.csv"
+        if protocols.is_file():
+            with open(protocols, newline="") as handle:
+                for row in csv.DictReader(handle):
+                    if row.get("family"):
+                        revisions.setdefault(row["family"], set()).add(row.get("revision") or "1")
     return {"sources": [Path(f).name for f in folders],
             "sites": sorted(set(samples.subject_sites.values())),
+            "family_revisions": {k: ",".join(sorted(v)) for k, v in sorted(revisions.items())},
             "n_subjects": len(samples.subject_sites), "n_lesions_localized": len(samples),
             "n_lesions_labelled": int((samples.labels >= 0).sum()),
             "n_positive": int((samples.labels == 1).sum())}

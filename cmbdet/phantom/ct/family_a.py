@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from cmbdet.anatomy import CALCIFICATION_SITES_MNI, IRON_NUCLEI_MNI, MniMaps
 from cmbdet.phantom.ct.head import CTGrid, Pose, random_axcodes
-from cmbdet.phantom.ct.lesion import Hematoma, sample_volume_ml
+from cmbdet.phantom.ct.lesion import Hematoma, radius_scale, sample_volume_ml
 
 NAME = "ct-a"
 
@@ -122,17 +122,13 @@ def _islands(h: Hematoma, u: np.ndarray) -> np.ndarray:
     return f
 
 
-def nominal_radius(h: Hematoma, scale: float = 1.0) -> float:
-    """mm; the radius of the ball of ``target_ml`` times ``scale`` (volume factor)."""
-    return (3.0 * h.target_ml * scale * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+def nominal_radius(h: Hematoma) -> float:
+    """mm; the radius of the ball of ``target_ml``."""
+    return (3.0 * h.target_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
 
 
-def paint_hematoma(h: Hematoma, label: int, hu: np.ndarray, frac: np.ndarray, ids: np.ndarray, maps: MniMaps,
-                   rng: np.random.Generator, *, volume_factor: float = 1.0) -> None:
-    """Paint the hematoma (its blood, islands, edema and IVH) into the head-grid HU map; ``frac``
-    gets its blood fraction (0-1) and ``ids`` its label where the fraction is >= 0.5. A first call
-    calibrates the lobe radii so that the blood volume matches ``target_ml * volume_factor``."""
-    radius = nominal_radius(h, volume_factor) * h.shape.get("calibration", 1.0)
+def _blood(h: Hematoma, maps: MniMaps, radius: float) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """(box on the head grid, lobe coordinates u, implicit field f, blood fraction) at ``radius`` mm."""
     reach = radius * 2.2 + 20.0
     lo = np.maximum(np.floor(maps.mm_to_vox((h.centre_mni - reach)[None])[0]).astype(int), 0)
     hi = np.minimum(np.ceil(maps.mm_to_vox((h.centre_mni + reach)[None])[0]).astype(int) + 1, maps.shape)
@@ -143,10 +139,19 @@ def paint_hematoma(h: Hematoma, label: int, hu: np.ndarray, frac: np.ndarray, id
     brain_env = maps.d_env[box] < -0.5
     f = np.minimum(_implicit(h, u), _islands(h, u))
     blood = np.clip(0.5 - f * radius, 0.0, 1.0) * brain_env  # 1 mm ramp at the margin
-    if "calibration" not in h.shape:  # match the target volume once (shape fixed by the rng draws)
-        made = float(blood.sum()) / 1000.0
-        h.shape["calibration"] = float(np.clip((h.target_ml * volume_factor / max(made, 1e-3)) ** (1 / 3), 0.5, 2.0))
-        return paint_hematoma(h, label, hu, frac, ids, maps, rng, volume_factor=volume_factor)
+    return box, u, f, blood
+
+
+def paint_hematoma(h: Hematoma, label: int, hu: np.ndarray, frac: np.ndarray, ids: np.ndarray, maps: MniMaps,
+                   rng: np.random.Generator, *, grown_ml: float = 0.0) -> None:
+    """Paint the hematoma (its blood, islands, edema and IVH) into the head-grid HU map; ``frac``
+    gets its blood fraction (0-1) and ``ids`` its label where the fraction is >= 0.5. The lobe radii
+    are calibrated so that the blood volume is ``target_ml`` at baseline and the baseline's plus
+    ``grown_ml`` (head-grid mL) at follow-up (`radius_scale`); the ventricular blood stays as at baseline."""
+    nominal = nominal_radius(h)
+    scale = radius_scale(h, grown_ml, lambda s: float(_blood(h, maps, nominal * s)[3].sum()) / 1000.0)
+    radius = nominal * scale
+    box, u, f, blood = _blood(h, maps, radius)
     # density with its heterogeneity signs
     density = np.full(u.shape[:-1], h.density_hu, np.float32)
     texture = ndimage.gaussian_filter(rng.normal(0.0, 1.0, density.shape), 1.0).astype(np.float32)
@@ -173,7 +178,7 @@ def paint_hematoma(h: Hematoma, label: int, hu: np.ndarray, frac: np.ndarray, id
     frac[box] = np.maximum(frac[box], blood)
     ids[box][blood >= 0.5] = label
     if h.ivh:
-        _paint_ivh(h, label, hu, frac, ids, maps, radius)
+        _paint_ivh(h, label, hu, frac, ids, maps, nominal * h.shape["calibration"])
 
 
 def _paint_ivh(h: Hematoma, label: int, hu: np.ndarray, frac: np.ndarray, ids: np.ndarray, maps: MniMaps,

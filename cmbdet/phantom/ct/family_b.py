@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from cmbdet.anatomy import CALCIFICATION_SITES_MNI, MniMaps
 from cmbdet.phantom.ct.head import CTGrid, Pose
-from cmbdet.phantom.ct.lesion import Hematoma
+from cmbdet.phantom.ct.lesion import Hematoma, radius_scale
 
 NAME = "ct-b"
 
@@ -106,11 +106,9 @@ def _shape_field(h: Hematoma, u: np.ndarray, grid_shape: tuple[int, ...], radius
     return f
 
 
-def paint_hematoma(h: Hematoma, label: int, hu: np.ndarray, frac: np.ndarray, ids: np.ndarray, maps: MniMaps,
-                   rng: np.random.Generator, *, volume_factor: float = 1.0) -> None:
-    """As ``ct-a``'s, with this family's own shape, density and edema models."""
-    base = (3.0 * h.target_ml * volume_factor * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
-    radius = base * h.shape.get("calibration", 1.0)
+def _blood(h: Hematoma, maps: MniMaps, radius: float
+           ) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(box on the head grid, its mm coordinates, shape coordinates u, field f, blood fraction)."""
     reach = radius * 2.0 + 15.0
     lo = np.maximum(np.floor(maps.mm_to_vox((h.centre_mni - reach)[None])[0]).astype(int), 0)
     hi = np.minimum(np.ceil(maps.mm_to_vox((h.centre_mni + reach)[None])[0]).astype(int) + 1, maps.shape)
@@ -120,10 +118,16 @@ def paint_hematoma(h: Hematoma, label: int, hu: np.ndarray, frac: np.ndarray, id
     f = _shape_field(h, u, xyz.shape[:-1], radius)
     inside_brain = ndimage.binary_erosion(maps.brain[box], iterations=1) | (maps.d_env[box] < -3.0)
     blood = np.clip(0.5 - f * radius * 0.8, 0.0, 1.0) * inside_brain
-    if "calibration" not in h.shape:
-        made = float(blood.sum()) / 1000.0
-        h.shape["calibration"] = float(np.clip((h.target_ml * volume_factor / max(made, 1e-3)) ** (1 / 3), 0.5, 2.0))
-        return paint_hematoma(h, label, hu, frac, ids, maps, rng, volume_factor=volume_factor)
+    return box, xyz, u, f, blood
+
+
+def paint_hematoma(h: Hematoma, label: int, hu: np.ndarray, frac: np.ndarray, ids: np.ndarray, maps: MniMaps,
+                   rng: np.random.Generator, *, grown_ml: float = 0.0) -> None:
+    """As ``ct-a``'s, with this family's own shape, density and edema models."""
+    nominal = (3.0 * h.target_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+    scale = radius_scale(h, grown_ml, lambda s: float(_blood(h, maps, nominal * s)[4].sum()) / 1000.0)
+    radius = nominal * scale
+    box, xyz, u, f, blood = _blood(h, maps, radius)
     hypo = _smooth_field(h.shape["hypo_seed"], blood.shape, max(radius / 4.0, 1.0))
     density = h.density_hu + 3.0 * _smooth_field(h.shape["hypo_seed"] + 1, blood.shape, 0.8)
     if h.blend:  # a hypodense region bordering the rest with a sharp edge
@@ -144,7 +148,7 @@ def paint_hematoma(h: Hematoma, label: int, hu: np.ndarray, frac: np.ndarray, id
     ids[box][blood >= 0.5] = label
     if h.ivh:
         vent = (maps.d_vent[box] < 0.5) & (maps.csf[box] > 0.5)
-        near = np.sqrt(((xyz - h.centre_mni) ** 2).sum(-1)) < radius + 22.0
+        near = np.sqrt(((xyz - h.centre_mni) ** 2).sum(-1)) < nominal * h.shape["calibration"] + 22.0
         dependent = ((xyz - h.centre_mni) @ h.shape["gravity"]) > -6.0
         clot = vent & near & dependent
         # a bridge: the shortest segment from the clot to the hematoma, thickened

@@ -7,7 +7,10 @@ Each subject: ``<subject>_ct.nii.gz`` (int16 + scl_slope/scl_inter, HU as nibabe
 truth label map ``<subject>_desc-truth_dseg.nii.gz`` (same grid, lesion n = value n) and rows in
 ``truth.csv`` (one per hematoma, or one empty row for a hemorrhage-free scan). With ``pairs`` a
 follow-up scan ``<subject>_ses-followup_ct.nii.gz`` of the same head with the grown hematomas, its
-truth map, and ``followup_ml``/``expands``/``p_expand`` in ``truth.csv``.
+truth map, and ``followup_ml``/``expands``/``p_expand`` in ``truth.csv``: ``expands`` is read from
+the painted baseline and follow-up volumes (>= 6 mL or >= 33 %), ``p_expand`` is the generator's
+probability and ``drawn_expands`` its coin flip (revision 2 on: the follow-up is painted until it
+holds the drawn growth, so the two agree).
 
 Volumes in ``truth.csv``: ``volume_ml`` counts the truth map's voxels (voxel centre in the blood,
 partial-volume fraction >= 0.5) times the voxel volume, as a segmentation is scored; ``true_ml`` is
@@ -43,10 +46,14 @@ from cmbdet.phantom.ct.lesion import draw_growth, expansion_label
 from cmbdet.volume import save_image_atomic
 
 FAMILIES: dict[str, ModuleType] = {family_a.NAME: family_a, family_b.NAME: family_b}
+#: Raised when what the CT families draw changes (recorded in protocols.csv and in a classifier's
+#: metadata). 2: a follow-up is painted until it holds the drawn growth (`lesion.radius_scale`), so
+#: expansion labels follow the generator's law; baseline scans are unchanged from revision 1.
+REVISION = 2
 TRUTH_COLUMNS = ["subject", "session", "lesion_id", "kind", "x_mm", "y_mm", "z_mm", "volume_ml", "true_ml",
                  "region", "ivh", "density_hu", "irregularity", "blend", "black_hole", "swirl", "fluid_level",
                  "islands", "n_islands", "followup_ml", "followup_true_ml", "growth_ml", "expands", "p_expand",
-                 "family", "image"]
+                 "drawn_expands", "family", "image"]
 
 
 @dataclass
@@ -87,13 +94,13 @@ def make_ct_subject(rng: np.random.Generator, *, subject: str, family: str = "ct
     mni = grid_mni(grid, pose)
     noise_seed = int(rng.integers(2**31))
 
-    def render(volume_factors: list[float], session: str) -> tuple[nib.Nifti1Image, nib.Nifti1Image, list[dict]]:
+    def render(grown_mls: list[float], session: str) -> tuple[nib.Nifti1Image, nib.Nifti1Image, list[dict]]:
         hu = base.copy()
         frac = np.zeros(maps.shape, np.float32)
         ids = np.zeros(maps.shape, np.int16)
         paint_rng = np.random.default_rng(noise_seed)
-        for n, (h, factor) in enumerate(zip(hematomas, volume_factors, strict=True), start=1):
-            fam.paint_hematoma(h, n, hu, frac, ids, maps, paint_rng, volume_factor=factor)
+        for n, (h, grown_ml) in enumerate(zip(hematomas, grown_mls, strict=True), start=1):
+            fam.paint_hematoma(h, n, hu, frac, ids, maps, paint_rng, grown_ml=grown_ml)
         n_sub = max(1, int(round(protocol["thickness_mm"] / 1.0)))
         hu_grid, frac_grid, id_grid = sample_on_grid([hu, frac, ids.astype(np.float32)], grid, pose,
                                                      orders=[1, 1, 0], n_sub=n_sub)
@@ -123,16 +130,17 @@ def make_ct_subject(rng: np.random.Generator, *, subject: str, family: str = "ct
                          "density_hu": round(h.density_hu, 1), **h.features(), "family": family})
         return image, truth, rows
 
-    image, truth, rows = render([1.0] * len(hematomas), "baseline")
-    phantom = CTPhantom(subject, image, truth, rows, {**protocol, "family": family, "pose_scale": pose.scale},
+    image, truth, rows = render([0.0] * len(hematomas), "baseline")
+    phantom = CTPhantom(subject, image, truth, rows, {**protocol, "family": family, "revision": REVISION,
+                                                        "pose_scale": pose.scale},
                         [{"kind": m["kind"], "mni": [round(float(v), 1) for v in m["mni"]]} for m in mimics])
     if pairs:
-        factors = []
+        grown_mls = []  # head-grid mL (true_ml is in the scanned head: pose scale cubed)
         for h, row in zip(hematomas, rows, strict=True):
             followup_ml, expands, p = draw_growth(rng, row["true_ml"], h)
-            factors.append(followup_ml / max(row["true_ml"], 1e-6))
-            row.update(p_expand=round(p, 4))
-        f_image, f_truth, f_rows = render(factors, "followup")
+            grown_mls.append((followup_ml - row["true_ml"]) / pose.scale**3)
+            row.update(p_expand=round(p, 4), drawn_expands=int(expands))
+        f_image, f_truth, f_rows = render(grown_mls, "followup")
         for row, f_row in zip(rows, f_rows, strict=True):
             row.update(followup_ml=f_row["volume_ml"], followup_true_ml=f_row["true_ml"],
                        growth_ml=round(f_row["true_ml"] - row["true_ml"], 4),
