@@ -80,7 +80,7 @@ def test_ct_phantom_storage_and_truth(ct_pair):
 
 
 def test_followup_reaches_the_drawn_growth_where_painting_falls_short():
-    # a painter that lays down less blood than the cube law says (as a hematoma clipped by the skull):
+    # a painter that lays down less blood than the cube law says (as one clipped at the brain's edge):
     # the baseline is matched in one step; the follow-up is iterated until it holds baseline + growth
     h = Hematoma(centre_mni=np.zeros(3), target_ml=20.0, density_hu=60.0, irregularity=0.2)
 

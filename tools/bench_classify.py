@@ -257,7 +257,9 @@ def ssl_gain(args, data: Path, rng: np.random.Generator) -> None:
     from cmbdet.lesions.infer import load_lesion_model
 
     localizer = load_lesion_model()
-    train = build_sample_set("expansion", [args.ssl_train], ct_model=localizer, cache_dir=args.cache)
+    # perturbed=True: the cache entries `cmbdet train classifier --task expansion` wrote (same crops; the
+    # re-acquisition's radiomics they also hold are not used here)
+    train = build_sample_set("expansion", [args.ssl_train], ct_model=localizer, cache_dir=args.cache, perturbed=True)
     test = build_sample_set("expansion", [data], ct_model=localizer, cache_dir=args.cache)
     test = test.subset(test.labels >= 0)
     labelled = train.subset(train.labels >= 0)

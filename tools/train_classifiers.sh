@@ -19,8 +19,8 @@ from cmbdet.phantom.hemorrhage_mri import write_mri_set
 data = sys.argv[1]
 for i in range(0, 220, 5):   # expansion training: ct-a baseline/follow-up pairs, coarse grids
     write_ct_set(f"{data}/exp_train_cta", 5, 300, family="ct-a", fast=True, pairs=True, start=i, p_free=0.0)
-for i in range(0, 72, 4):    # expansion test: held-out family ct-b, full-resolution pairs
-    write_ct_set(f"{data}/exp_test_ctb", 4, 910, family="ct-b", pairs=True, start=i, p_free=0.0)
+for i in range(0, 100, 5):   # expansion test: held-out family ct-b, full-resolution pairs (72 before session 11)
+    write_ct_set(f"{data}/exp_test_ctb", 5, 910, family="ct-b", pairs=True, start=i, p_free=0.0)
 for i in range(0, 60, 5):    # hbm training: sites s1-s3 (ich, hbm, ich, hbm, lesion-free in turn)
     for site in ("mri-s1", "mri-s2", "mri-s3"):
         write_mri_set(f"{data}/hbm_train", 5, 400, site=site, fast=True, start=i, balanced=True)
@@ -33,16 +33,17 @@ EOF
 
 python -m cmbdet train classifier --task hbm --data "$DATA/hbm_train" -o "$OUT/classifier_hbm.safetensors" \
     --cache "$DATA/cache_hbm" --seed 0
-# The shipped expansion classifier (session 10) was trained on the crops of the shipped (session-8) CT
+# The shipped expansion classifier (session 11) was trained on the crops of the shipped (session-8) CT
 # localizer, with the sign features and the re-acquisition robustness filter (training re-measures a
-# third of the subjects: about 1 CPU-hour more). Its training folders were subjects 0-139, 140-199 and
-# 200-219 of this same set (seed 300), written in three runs; the scans are the same.
+# third of the subjects: about 1 CPU-hour more), on revision 2 of the CT families (labels follow the
+# drawn growth; the baseline scans are the same as revision 1's, so feature caches of revision-1 sets
+# stay valid).
 python -m cmbdet train classifier --task expansion --data "$DATA/exp_train_cta" \
     -o "$OUT/classifier_expansion.safetensors" --cache "$DATA/cache_exp" --seed 0
 
-# Session 10's ship decision (validation only; rule and figures in weights/CLASSIFIERS.md): the previous
-# expansion weights (git show 77d6da5:weights/classifier_expansion.safetensors > $OUT/previous.safetensors)
-# against the new ones on full-resolution ct-a (seed 330) and on new coarse ct-a (seed 340).
+# Session 11's ship decision (validation only; rule and figures in weights/CLASSIFIERS.md): the session-10
+# expansion weights (git show 80cb983:weights/classifier_expansion.safetensors > $OUT/previous.safetensors)
+# against the new ones on full-resolution ct-a (seed 330) and coarse ct-a (seed 340), pooled.
 python - "$DATA" <<'EOF'
 import sys
 from cmbdet.phantom.ct import write_ct_set
@@ -53,10 +54,8 @@ for i in range(0, 60, 5):
     write_ct_set(f"{data}/exp_val_cta_coarse", 5, 340, family="ct-a", fast=True, pairs=True, start=i, p_free=0.0)
 EOF
 if [ -f "$OUT/previous.safetensors" ]; then
-    for set in exp_val_cta_full exp_val_cta_coarse; do
-        python tools/compare_expansion_models.py --data "$DATA/$set" --cache "$DATA/cache_val" \
-            --weights "$OUT/previous.safetensors" "$OUT/classifier_expansion.safetensors"
-    done
+    python tools/compare_expansion_models.py --data "$DATA/exp_val_cta_full" "$DATA/exp_val_cta_coarse" \
+        --cache "$DATA/cache_val" --weights "$OUT/previous.safetensors" "$OUT/classifier_expansion.safetensors"
 fi
 
 python tools/bench_classify.py --task hbm --data "$DATA/hbm_samesite" --out "$OUT/bench_hbm_samesite" \

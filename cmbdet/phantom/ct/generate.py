@@ -47,8 +47,9 @@ from cmbdet.volume import save_image_atomic
 
 FAMILIES: dict[str, ModuleType] = {family_a.NAME: family_a, family_b.NAME: family_b}
 #: Raised when what the CT families draw changes (recorded in protocols.csv and in a classifier's
-#: metadata). 2: a follow-up is painted until it holds the drawn growth (`lesion.radius_scale`), so
-#: expansion labels follow the generator's law; baseline scans are unchanged from revision 1.
+#: metadata). 2: a follow-up is painted until it holds the drawn growth (`lesion.radius_scale`; in
+#: revision 1 hematomas with ventricular extension grew too little), so expansion labels follow the
+#: generator's law; baseline scans are unchanged from revision 1.
 REVISION = 2
 TRUTH_COLUMNS = ["subject", "session", "lesion_id", "kind", "x_mm", "y_mm", "z_mm", "volume_ml", "true_ml",
                  "region", "ivh", "density_hu", "irregularity", "blend", "black_hole", "swirl", "fluid_level",

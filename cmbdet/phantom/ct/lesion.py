@@ -83,10 +83,11 @@ def radius_scale(h: Hematoma, grown_ml: float, blood_ml: Callable[[float], float
 
     The baseline is matched to ``target_ml`` in one step, as in revision 1 of the CT families, so
     baseline images are unchanged. A follow-up is iterated from the baseline's factor until its blood
-    is within 2 % of the drawn volume (at most 6 paints): the expansion label is read from the painted
-    volumes, and revision 1, which scaled the radius once by the drawn growth, laid down too little
-    blood where the skull clipped the hematoma and so turned about one drawn expansion in eight into a
-    stable label (the generator's own probability then reached AUC ~0.83 against its labels, not ~0.92).
+    is within 2 % of the baseline's plus the growth (at most 6 paints): the expansion label is read from
+    the painted volumes. Revision 1 scaled the radius once by the drawn ratio of *total* volumes, but a
+    hematoma's volume includes its ventricular blood, which does not grow with the radius, and the
+    painter clips blood at the brain's edge; the follow-up fell short, and 35 of the 118 drawn
+    expansions of the `ct-a` training set (all with ventricular extension) were labelled stable.
     """
     if grown_ml == 0.0:
         if "calibration" not in h.shape:
