@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from cmbdet.anatomy import CALCIFICATION_SITES_MNI, IRON_NUCLEI_MNI, MniMaps
 from cmbdet.phantom.ct.head import CTGrid, Pose, random_axcodes
-from cmbdet.phantom.ct.lesion import Hematoma, radius_scale, sample_volume_ml
+from cmbdet.phantom.ct.lesion import Hematoma, nominal_radius, radius_scale, sample_volume_ml
 
 NAME = "ct-a"
 
@@ -122,11 +122,6 @@ def _islands(h: Hematoma, u: np.ndarray) -> np.ndarray:
     return f
 
 
-def nominal_radius(h: Hematoma) -> float:
-    """mm; the radius of the ball of ``target_ml``."""
-    return (3.0 * h.target_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
-
-
 def _blood(h: Hematoma, maps: MniMaps, radius: float) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray]:
     """(box on the head grid, lobe coordinates u, implicit field f, blood fraction) at ``radius`` mm."""
     reach = radius * 2.2 + 20.0
@@ -149,8 +144,11 @@ def paint_hematoma(h: Hematoma, label: int, hu: np.ndarray, frac: np.ndarray, id
     are calibrated so that the blood volume is ``target_ml`` at baseline and the baseline's plus
     ``grown_ml`` (head-grid mL) at follow-up (`radius_scale`); the ventricular blood stays as at baseline."""
     nominal = nominal_radius(h)
-    scale = radius_scale(h, grown_ml, lambda s: float(_blood(h, maps, nominal * s)[3].sum()) / 1000.0)
-    radius = nominal * scale
+
+    def blood_ml(scale: float) -> float:
+        return float(_blood(h, maps, nominal * scale)[3].sum()) / 1000.0
+
+    radius = nominal * radius_scale(h, grown_ml, blood_ml)
     box, u, f, blood = _blood(h, maps, radius)
     # density with its heterogeneity signs
     density = np.full(u.shape[:-1], h.density_hu, np.float32)
@@ -178,7 +176,7 @@ def paint_hematoma(h: Hematoma, label: int, hu: np.ndarray, frac: np.ndarray, id
     frac[box] = np.maximum(frac[box], blood)
     ids[box][blood >= 0.5] = label
     if h.ivh:
-        _paint_ivh(h, label, hu, frac, ids, maps, nominal * h.shape["calibration"])
+        _paint_ivh(h, label, hu, frac, ids, maps, nominal * radius_scale(h, 0.0, blood_ml))
 
 
 def _paint_ivh(h: Hematoma, label: int, hu: np.ndarray, frac: np.ndarray, ids: np.ndarray, maps: MniMaps,

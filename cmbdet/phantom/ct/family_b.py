@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from cmbdet.anatomy import CALCIFICATION_SITES_MNI, MniMaps
 from cmbdet.phantom.ct.head import CTGrid, Pose
-from cmbdet.phantom.ct.lesion import Hematoma, radius_scale
+from cmbdet.phantom.ct.lesion import Hematoma, nominal_radius, radius_scale
 
 NAME = "ct-b"
 
@@ -124,9 +124,12 @@ def _blood(h: Hematoma, maps: MniMaps, radius: float
 def paint_hematoma(h: Hematoma, label: int, hu: np.ndarray, frac: np.ndarray, ids: np.ndarray, maps: MniMaps,
                    rng: np.random.Generator, *, grown_ml: float = 0.0) -> None:
     """As ``ct-a``'s, with this family's own shape, density and edema models."""
-    nominal = (3.0 * h.target_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
-    scale = radius_scale(h, grown_ml, lambda s: float(_blood(h, maps, nominal * s)[4].sum()) / 1000.0)
-    radius = nominal * scale
+    nominal = nominal_radius(h)
+
+    def blood_ml(scale: float) -> float:
+        return float(_blood(h, maps, nominal * scale)[4].sum()) / 1000.0
+
+    radius = nominal * radius_scale(h, grown_ml, blood_ml)
     box, xyz, u, f, blood = _blood(h, maps, radius)
     hypo = _smooth_field(h.shape["hypo_seed"], blood.shape, max(radius / 4.0, 1.0))
     density = h.density_hu + 3.0 * _smooth_field(h.shape["hypo_seed"] + 1, blood.shape, 0.8)
@@ -148,7 +151,7 @@ def paint_hematoma(h: Hematoma, label: int, hu: np.ndarray, frac: np.ndarray, id
     ids[box][blood >= 0.5] = label
     if h.ivh:
         vent = (maps.d_vent[box] < 0.5) & (maps.csf[box] > 0.5)
-        near = np.sqrt(((xyz - h.centre_mni) ** 2).sum(-1)) < nominal * h.shape["calibration"] + 22.0
+        near = np.sqrt(((xyz - h.centre_mni) ** 2).sum(-1)) < nominal * radius_scale(h, 0.0, blood_ml) + 22.0
         dependent = ((xyz - h.centre_mni) @ h.shape["gravity"]) > -6.0
         clot = vent & near & dependent
         # a bridge: the shortest segment from the clot to the hematoma, thickened

@@ -75,11 +75,16 @@ def draw_growth(rng: np.random.Generator, baseline_ml: float, h: Hematoma) -> tu
     return baseline_ml + growth, expands, p
 
 
+def nominal_radius(h: Hematoma) -> float:
+    """mm; the radius of the ball of ``target_ml`` (what each family's shape is scaled by)."""
+    return (3.0 * h.target_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+
+
 def radius_scale(h: Hematoma, grown_ml: float, blood_ml: Callable[[float], float]) -> float:
-    """Factor on the nominal radius (the ball of ``target_ml``) at which a family's painter lays down
-    the baseline's blood plus ``grown_ml`` (head-grid mL; 0 for the baseline, negative for a shrinking
-    hematoma), cached in ``h.shape``. ``blood_ml(factor)``: the blood (mL) the painter would lay down at
-    that factor, after clipping at the brain's surface.
+    """Factor on `nominal_radius` at which a family's painter lays down the baseline's blood plus
+    ``grown_ml`` (head-grid mL; 0 for the baseline, negative for a shrinking hematoma), cached in
+    ``h.shape``. ``blood_ml(factor)``: the blood (mL) the painter would lay down at that factor, after
+    clipping at the brain's surface.
 
     The baseline is matched to ``target_ml`` in one step, as in revision 1 of the CT families, so
     baseline images are unchanged. A follow-up is iterated from the baseline's factor until its blood
