@@ -205,6 +205,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
     p.add_argument("--min-target-sigma-mm", type=float, default=0.7,  # proposer.train.MIN_TARGET_SIGMA_MM
                    help="narrowest heat-map target (mm); wider gives small CMBs more weight in the loss")
+    p.add_argument("--hard-negatives", type=float, default=0.0, metavar="FRACTION",
+                   help="with --init: run those weights on the training scans first and centre this fraction "
+                        "of each batch (at most 0.5) on their candidates that are not a CMB (default 0: none)")
     p.add_argument("--val-fraction", type=float, default=0.15,
                    help="scans held out to measure recall and choose the stage-1-alone threshold")
     p.add_argument("--val", nargs="+", metavar="DATA",
@@ -628,9 +631,13 @@ def _train_proposer(args) -> int:
     import numpy as np
 
     from cmbdet.proposer.infer import load_proposer
-    from cmbdet.proposer.train import prepare_scans, train_proposer, validate_proposer
+    from cmbdet.proposer.train import mine_hard_negatives, prepare_scans, train_proposer, validate_proposer
     from cmbdet.training_data import describe_sources, hold_out, read_labelled_set
 
+    if args.hard_negatives and not args.init:
+        raise InputError(None, "--hard-negatives mines with the --init weights: give --init too")
+    if not 0.0 <= args.hard_negatives <= 0.5:
+        raise InputError(None, f"--hard-negatives must be a fraction in [0, 0.5], got {args.hard_negatives}")
     scans = [s for source in args.data for s in read_labelled_set(source, args.truth)]
     rng = np.random.default_rng(args.seed)
     if args.val:
@@ -642,9 +649,12 @@ def _train_proposer(args) -> int:
     init = load_proposer(args.init, device=args.device) if args.init else None
     spacing_mm = init.spacing_mm if init is not None else args.spacing_mm
     prepared = prepare_scans(train, spacing_mm)
+    if args.hard_negatives:
+        prepared = mine_hard_negatives(prepared, load_proposer(args.init, device=args.device), log=log)
     proposer = train_proposer(prepared, rng, steps=args.steps, batch_size=args.batch_size, device=args.device,
                               spacing_mm=spacing_mm, lr=args.lr, init=init, log=log, progress=bar,
-                              min_target_sigma_mm=args.min_target_sigma_mm)
+                              min_target_sigma_mm=args.min_target_sigma_mm,
+                              hard_negative_fraction=args.hard_negatives)
     proposer.metadata.update(seed=args.seed, training_data=describe_sources(args.data, train),
                              validation_data=describe_sources(args.val or args.data, val))
     if val:

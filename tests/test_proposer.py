@@ -159,3 +159,49 @@ def test_target_width_floor_widens_only_small_cmbs():
     assert (wide[small] > 0.5).sum() > 2 * (narrow[small] > 0.5).sum()
     np.testing.assert_array_equal(wide[large], narrow[large])
     assert wide.max() == narrow.max() == 1.0
+
+
+def test_mined_hard_negatives_are_the_proposer_s_false_peaks_away_from_cmbs(monkeypatch):
+    """Mining keeps the candidates > 6 mm from every CMB (a second peak on a microbleed is no negative)
+    and leaves the input scans untouched; "hard" patches are then centred on them."""
+    import cmbdet.proposer.train as train
+    from cmbdet.proposer.infer import new_proposer
+
+    scan = _toy_scans(np.random.default_rng(0))[0]  # CMBs at (20, 24, 24) and (30, 10, 35)
+    peaks = {(21, 24, 24): 0.9, (20, 28, 24): 0.8, (8, 40, 8): 0.7, (40, 40, 12): 0.6}  # 2 on the CMB, 2 far
+
+    def fake_map(working, proposer, **_):
+        prob = np.zeros(working.image.shape, np.float32)
+        for ijk, p in peaks.items():
+            prob[ijk] = p
+        return prob
+
+    monkeypatch.setattr(train, "likelihood_map", fake_map)
+    mined = train.mine_hard_negatives([scan], new_proposer(width=4, device="cpu"), per_scan=10, log=lambda _: 0)
+    found = mined[0].hard_negative_ijk
+    np.testing.assert_allclose(found[np.argsort(found[:, 0])], [[8, 40, 8], [40, 40, 12]], atol=0.5)
+    assert len(scan.hard_negative_ijk) == 0
+    rng = np.random.default_rng(3)
+    mined[0].image[8, 40, 8] = mined[0].image[40, 40, 12] = 7.0  # mark the two mined points
+    for _ in range(5):  # a "hard" patch (centre jittered <= 32/6 voxels) holds one of them
+        image, target = train.sample_patch(mined[0], rng, 32, "hard")
+        assert (image == 7.0).sum() >= 1
+    with pytest.raises(ValueError, match="no scan has mined hard negatives"):
+        train.train_proposer([scan], np.random.default_rng(0), steps=1, batch_size=2, patch=32, width=4,
+                             hard_negative_fraction=0.25, log=lambda _: 0)
+
+
+def test_hard_negative_patches_are_drawn_at_the_asked_share(monkeypatch):
+    import cmbdet.proposer.train as train
+
+    scans = [train.PreparedScan(**{**s.__dict__, "hard_negative_ijk": np.array([[24.0, 24.0, 24.0]])})
+             for s in _toy_scans(np.random.default_rng(0))]
+    kinds = []
+    real = train.sample_patch
+    monkeypatch.setattr(train, "sample_patch", lambda scan, rng, patch, kind, *a: kinds.append(kind)
+                        or real(scan, rng, patch, kind, *a))
+    train.train_proposer(scans, np.random.default_rng(0), steps=25, batch_size=8, patch=16, width=2,
+                         hard_negative_fraction=0.25, log=lambda _: 0)
+    share = {k: kinds.count(k) / len(kinds) for k in ("cmb", "hard", "mimic", "brain")}
+    assert abs(share["cmb"] - 0.5) < 0.08 and abs(share["hard"] - 0.25) < 0.08
+    assert abs(share["mimic"] - 0.125) < 0.06 and abs(share["brain"] - 0.125) < 0.06

@@ -33,12 +33,16 @@ def test_train_both_stages_then_detect_and_evaluate(tiny_phantoms, tiny_validati
     _, meta = load_state(weights / "proposer.safetensors")
     assert meta["kind"] == "proposer" and meta["steps"] == 4 and meta["seed"] == 3 and meta["spacing_mm"] == 2
     assert 0.0 <= meta["val_recall_at_max_candidates"] <= 1.0  # held-out scans were scored
-    # fine-tuning from those weights keeps their working grid and records the earlier round
+    # fine-tuning from those weights keeps their working grid and records the earlier round; with
+    # --hard-negatives the first weights' own false candidates are mined on the training scans first
+    capsys.readouterr()
     assert main(["train", "proposer", "--data", str(tiny_phantoms), "-o", str(tmp_path / "tuned.safetensors"),
                  "--init", str(weights / "proposer.safetensors"), "--steps", "2", "--batch-size", "2",
-                 "--val", str(tiny_validation)]) == 0
+                 "--val", str(tiny_validation), "--hard-negatives", "0.25"]) == 0
+    assert "mined hard negatives on 5/5 scans" in capsys.readouterr().err
     _, tuned = load_state(tmp_path / "tuned.safetensors")
     assert tuned["spacing_mm"] == 2 and tuned["history"][0]["steps"] == 4
+    assert tuned["hard_negative_fraction"] == 0.25 and tuned["hard_negatives_mined"] > 0
     assert tuned["train_subjects"] == 5 and tuned["val_scans"] == 2  # a separate validation set: no split
     assert main(["train", "reclassifier", "--data", str(tiny_phantoms), "--proposer",
                  str(weights / "proposer.safetensors"), "-o", str(weights / "reclassifier.safetensors"),
@@ -69,6 +73,14 @@ def test_train_both_stages_then_detect_and_evaluate(tiny_phantoms, tiny_validati
     result = json.loads(capsys.readouterr().out)
     assert result["pooled"]["n_subjects"] == 5
     assert result["pooled"]["n_subjects_error"] == 0
+
+
+def test_hard_negatives_need_the_weights_that_mine_them(tiny_phantoms, tmp_path, capsys):
+    out = tmp_path / "p.safetensors"
+    assert main(["train", "proposer", "--data", str(tiny_phantoms), "-o", str(out), "--hard-negatives", "0.25"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--init" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not out.exists()
 
 
 def test_hold_out_splits_by_subject_and_honours_zero():

@@ -3,7 +3,8 @@
 Targets are Gaussian blobs at the CMB centres (sigma = radius / TARGET_SIGMA_RATIO, at least
 ``min_target_sigma_mm``), so the network's peaks mark centres and their width tells the size. A batch
 mixes patches around CMBs, around known mimics (veins, iron, air-bone dropout: hard negatives) and anywhere in the
-brain. Augmentations model what changes between scanners and head positions: contrast, gamma, noise,
+brain, and, when mined (`mine_hard_negatives`), around the places where a trained stage 1 itself fires
+wrongly. Augmentations model what changes between scanners and head positions: contrast, gamma, noise,
 bias, slice thickness (blur, and partial-volume averaging of 2-6 mm slices in any of the three planes),
 in-plane blur, flips, in-plane axis swaps and small rotations.
 """
@@ -14,7 +15,7 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -23,8 +24,16 @@ from nibabel.affines import apply_affine
 from scipy import ndimage
 
 from cmbdet.evaluate import best_f1_threshold, evaluate
-from cmbdet.preprocess import prepare_working_image
-from cmbdet.proposer.infer import DEFAULT_SPACING_MM, TARGET_SIGMA_RATIO, Proposer, new_proposer, propose_candidates
+from cmbdet.preprocess import WorkingImage, prepare_working_image
+from cmbdet.proposer.infer import (
+    DEFAULT_SPACING_MM,
+    TARGET_SIGMA_RATIO,
+    Proposer,
+    likelihood_map,
+    new_proposer,
+    peaks_to_candidates,
+    propose_candidates,
+)
 from cmbdet.training_data import LabelledScan
 from cmbdet.volume import load_volume
 
@@ -33,6 +42,9 @@ MIN_TARGET_SIGMA_MM = 0.7
 #: Thickest acquisition slice the augmentation simulates, in working-grid voxels (1 mm: 6 mm slices,
 #: the thickest clinical GRE). Until session 9 it was 3, applied to 20 % of patches, axial only.
 THICKEST_SLICE_VOXELS = 6
+#: A mined candidate is a hard negative only this far (mm) from every CMB centre (nearer ones may be
+#: a second peak on the microbleed itself).
+HARD_NEGATIVE_CLEARANCE_MM = 6.0
 
 
 @dataclass
@@ -45,6 +57,8 @@ class PreparedScan:
     cmb_ijk: np.ndarray  # (N, 3) working-grid voxel coordinates
     cmb_radius_vox: np.ndarray  # (N,)
     mimic_ijk: np.ndarray  # (M, 3)
+    hard_negative_ijk: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # (H, 3), mined
+    spacing_mm: float = DEFAULT_SPACING_MM
 
 
 def prepare_scan(scan: LabelledScan, spacing_mm: float = DEFAULT_SPACING_MM) -> PreparedScan:
@@ -58,7 +72,31 @@ def prepare_scan(scan: LabelledScan, spacing_mm: float = DEFAULT_SPACING_MM) -> 
         cmb_ijk=apply_affine(to_vox, scan.cmb_xyz_mm).reshape(-1, 3),
         cmb_radius_vox=np.asarray(scan.cmb_diameter_mm, dtype=float) / 2.0 / spacing_mm,
         mimic_ijk=apply_affine(to_vox, scan.mimic_xyz_mm).reshape(-1, 3),
+        spacing_mm=spacing_mm,
     )
+
+
+def mine_hard_negatives(scans: list[PreparedScan], proposer: Proposer, *, per_scan: int = 60,
+                        log: Callable[[str], None] = print) -> list[PreparedScan]:
+    """Where ``proposer`` fires wrongly on its training scans: its ``per_scan`` highest candidates that
+    lie farther than `HARD_NEGATIVE_CLEARANCE_MM` from every CMB become ``hard_negative_ijk`` (bootstrapping,
+    as in classic detector training). Returns new `PreparedScan` objects; the inputs are unchanged."""
+    mined = []
+    started = time.time()
+    for n, scan in enumerate(scans, 1):
+        spacing = float(scan.spacing_mm)
+        working = WorkingImage(image=scan.image.astype(np.float32), mask=scan.mask,
+                               affine=np.diag([spacing, spacing, spacing, 1.0]))
+        candidates = peaks_to_candidates(likelihood_map(working, proposer), working.affine,
+                                         max_candidates=per_scan, min_score=0.01)
+        ijk = candidates.xyz_mm / spacing
+        if len(scan.cmb_ijk) and len(ijk):
+            nearest_mm = np.linalg.norm(ijk[:, None] - scan.cmb_ijk[None], axis=-1).min(axis=1) * spacing
+            ijk = ijk[nearest_mm > HARD_NEGATIVE_CLEARANCE_MM]
+        mined.append(replace(scan, hard_negative_ijk=ijk.reshape(-1, 3)))
+        if n % 10 == 0 or n == len(scans):
+            log(f"mined hard negatives on {n}/{len(scans)} scans ({time.time() - started:.0f} s)")
+    return mined
 
 
 def prepare_scans(
@@ -94,12 +132,13 @@ def heatmap_target(shape: tuple[int, int, int], centres: np.ndarray, radii: np.n
 def sample_patch(
     scan: PreparedScan, rng: np.random.Generator, patch: int, kind: str, min_sigma_vox: float = MIN_TARGET_SIGMA_MM
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One (patch, patch, patch) image and target, centred on a CMB, a mimic or any brain voxel."""
+    """One (patch, patch, patch) image and target, centred on a CMB, a mimic, a mined hard negative
+    (``kind`` "cmb", "mimic", "hard") or any brain voxel."""
     shape = np.array(scan.image.shape)
     if kind == "cmb" and len(scan.cmb_ijk):
         centre = scan.cmb_ijk[rng.integers(len(scan.cmb_ijk))] + rng.uniform(-patch / 3, patch / 3, 3)
-    elif kind == "mimic" and len(scan.mimic_ijk):
-        centre = scan.mimic_ijk[rng.integers(len(scan.mimic_ijk))] + rng.uniform(-patch / 6, patch / 6, 3)
+    elif kind in ("mimic", "hard") and len(points := scan.mimic_ijk if kind == "mimic" else scan.hard_negative_ijk):
+        centre = points[rng.integers(len(points))] + rng.uniform(-patch / 6, patch / 6, 3)
     else:
         inside = np.flatnonzero(scan.mask[::2, ::2, ::2])
         if inside.size:
@@ -157,6 +196,7 @@ def train_proposer(
     device: str | None = None,
     init: Proposer | None = None,
     min_target_sigma_mm: float = MIN_TARGET_SIGMA_MM,
+    hard_negative_fraction: float = 0.0,
     log: Callable[[str], None] = print,
     progress: bool = False,
 ) -> Proposer:
@@ -164,7 +204,10 @@ def train_proposer(
     working grid are kept); deterministic for a given ``rng`` state. ``progress``: a tqdm bar with the
     loss and ETA on stderr (``log`` lines every 50 steps either way, with the ETA).
     ``min_target_sigma_mm``: the narrowest heat-map blob; small CMBs get this width, which sets how much
-    of the loss they carry (the blob of a 2 mm CMB at 0.7 mm covers ~3 voxels of a 1 mm grid)."""
+    of the loss they carry (the blob of a 2 mm CMB at 0.7 mm covers ~3 voxels of a 1 mm grid).
+    A batch is half CMB patches; ``hard_negative_fraction`` of it is centred on mined hard negatives
+    (`mine_hard_negatives`; 0: none, the sampling of the shipped rounds 1-5), and the rest is split
+    evenly between listed mimics and anywhere in the brain."""
     import sys
 
     from tqdm import tqdm
@@ -178,6 +221,12 @@ def train_proposer(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     with_cmb = [s for s in scans if len(s.cmb_ijk)]
     with_mimic = [s for s in scans if len(s.mimic_ijk)]
+    with_hard = [s for s in scans if len(s.hard_negative_ijk)]
+    if not 0.0 <= hard_negative_fraction <= 0.5:
+        raise ValueError(f"hard_negative_fraction must be in [0, 0.5], got {hard_negative_fraction}")
+    if hard_negative_fraction and not with_hard:
+        raise ValueError("hard_negative_fraction > 0 but no scan has mined hard negatives (mine_hard_negatives)")
+    mimic_below = 0.5 + hard_negative_fraction + (0.5 - hard_negative_fraction) / 2
     started, running = time.time(), 0.0
     bar = tqdm(range(1, steps + 1), desc="training stage 1", unit="step", file=sys.stderr, dynamic_ncols=True,
                disable=not progress, leave=False)
@@ -187,7 +236,9 @@ def train_proposer(
             draw = rng.random()
             if draw < 0.5 and with_cmb:
                 kind, pool = "cmb", with_cmb
-            elif draw < 0.75 and with_mimic:
+            elif draw < 0.5 + hard_negative_fraction:
+                kind, pool = "hard", with_hard
+            elif draw < mimic_below and with_mimic:
                 kind, pool = "mimic", with_mimic
             else:
                 kind, pool = "brain", scans
@@ -220,6 +271,8 @@ def train_proposer(
         if k in init.metadata}]
     proposer.metadata.update(steps=steps, batch_size=batch_size, patch=patch, lr=lr, train_subjects=len(scans),
                              min_target_sigma_mm=min_target_sigma_mm,
+                             hard_negative_fraction=hard_negative_fraction,
+                             hard_negatives_mined=int(sum(len(s.hard_negative_ijk) for s in scans)),
                              train_seconds=round(time.time() - started), history=history)
     return proposer
 
