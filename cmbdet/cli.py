@@ -634,10 +634,10 @@ def _train_proposer(args) -> int:
     from cmbdet.proposer.train import mine_hard_negatives, prepare_scans, train_proposer, validate_proposer
     from cmbdet.training_data import describe_sources, hold_out, read_labelled_set
 
-    if args.hard_negatives and not args.init:
-        raise InputError(None, "--hard-negatives mines with the --init weights: give --init too")
     if not 0.0 <= args.hard_negatives <= 0.5:
         raise InputError(None, f"--hard-negatives must be a fraction in [0, 0.5], got {args.hard_negatives}")
+    if args.hard_negatives and not args.init:
+        raise InputError(None, "--hard-negatives mines with the --init weights: give --init too")
     scans = [s for source in args.data for s in read_labelled_set(source, args.truth)]
     rng = np.random.default_rng(args.seed)
     if args.val:

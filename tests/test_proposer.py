@@ -196,12 +196,61 @@ def test_hard_negative_patches_are_drawn_at_the_asked_share(monkeypatch):
 
     scans = [train.PreparedScan(**{**s.__dict__, "hard_negative_ijk": np.array([[24.0, 24.0, 24.0]])})
              for s in _toy_scans(np.random.default_rng(0))]
-    kinds = []
-    real = train.sample_patch
-    monkeypatch.setattr(train, "sample_patch", lambda scan, rng, patch, kind, *a: kinds.append(kind)
-                        or real(scan, rng, patch, kind, *a))
-    train.train_proposer(scans, np.random.default_rng(0), steps=25, batch_size=8, patch=16, width=2,
-                         hard_negative_fraction=0.25, log=lambda _: 0)
+    kinds = [k.split(":")[0] for k in _patch_kinds(monkeypatch, scans, 0, 25, 8, hard_negative_fraction=0.25)]
     share = {k: kinds.count(k) / len(kinds) for k in ("cmb", "hard", "mimic", "brain")}
     assert abs(share["cmb"] - 0.5) < 0.08 and abs(share["hard"] - 0.25) < 0.08
     assert abs(share["mimic"] - 0.125) < 0.06 and abs(share["brain"] - 0.125) < 0.06
+
+
+def test_mining_clearance_is_in_mm_and_grows_with_the_microbleed(monkeypatch):
+    """On a 2 mm grid: a peak 4 mm from a 3 mm-radius CMB is on it (dropped), 8 mm away is a negative;
+    one 7.2 mm from a 6 mm-radius CMB is within its radius + 2 mm (dropped)."""
+    import cmbdet.proposer.train as train
+    from cmbdet.proposer.infer import new_proposer
+
+    image = np.ones((48, 48, 48), np.float16)
+    cmbs = np.array([[20.0, 24.0, 24.0], [30.0, 10.0, 35.0]])
+    scan = train.PreparedScan("s", image, np.ones(image.shape, bool), cmbs, np.array([1.5, 3.0]), np.zeros((0, 3)),
+                              spacing_mm=2.0)
+    peaks = {(20, 22, 24): 0.9, (20, 28, 24): 0.8, (30, 13, 37): 0.7, (8, 40, 8): 0.6}
+
+    def fake_map(working, proposer, **_):
+        prob = np.zeros(working.image.shape, np.float32)
+        for ijk, p in peaks.items():
+            prob[ijk] = p
+        return prob
+
+    monkeypatch.setattr(train, "likelihood_map", fake_map)
+    found = train.mine_hard_negatives([scan], new_proposer(width=4, spacing_mm=2.0, device="cpu"),
+                                      log=lambda _: 0)[0].hard_negative_ijk
+    np.testing.assert_allclose(found[np.argsort(found[:, 0])], [[8, 40, 8], [20, 28, 24]], atol=0.5)
+    with pytest.raises(ValueError, match="prepared at 2.0 mm"):
+        train.mine_hard_negatives([scan], new_proposer(width=4, spacing_mm=1.0, device="cpu"), log=lambda _: 0)
+
+
+def _patch_kinds(monkeypatch, scans, seed, steps, batch_size, **kwargs):
+    import cmbdet.proposer.train as train
+
+    kinds = []
+    real = train.sample_patch
+    monkeypatch.setattr(train, "sample_patch", lambda scan, rng, patch, kind, *a: kinds.append(f"{kind}:{scan.subject}")
+                        or real(scan, rng, patch, kind, *a))
+    train.train_proposer(scans, np.random.default_rng(seed), steps=steps, batch_size=batch_size, patch=16, width=2,
+                         log=lambda _: 0, **kwargs)
+    return kinds
+
+
+def test_without_hard_negatives_the_batches_are_drawn_as_before_mining_existed(monkeypatch):
+    """Recorded with the code before hard-negative mining (commit 889b82f): the same seed must draw the
+    same patch kinds from the same scans, also when some or all scans have no CMB."""
+    one, bare = _toy_scans(np.random.default_rng(0))
+    bare = PreparedScan(bare.subject, bare.image, bare.mask, np.zeros((0, 3)), np.zeros(0), np.zeros((0, 3)))
+    assert _patch_kinds(monkeypatch, [one, bare], 5, 3, 8) == [
+        "brain:s1", "mimic:s0", "mimic:s0", "cmb:s0", "brain:s0", "brain:s1", "brain:s0", "cmb:s0", "cmb:s0",
+        "mimic:s0", "mimic:s0", "mimic:s0", "cmb:s0", "cmb:s0", "cmb:s0", "cmb:s0", "cmb:s0", "mimic:s0", "cmb:s0",
+        "cmb:s0", "mimic:s0", "mimic:s0", "brain:s1", "cmb:s0"]
+    no_cmb = [PreparedScan(s.subject, s.image, s.mask, np.zeros((0, 3)), np.zeros(0), s.mimic_ijk)
+              for s in _toy_scans(np.random.default_rng(0))]
+    assert _patch_kinds(monkeypatch, no_cmb, 5, 2, 6) == [
+        "brain:s1", "mimic:s0", "mimic:s0", "brain:s0", "mimic:s1", "mimic:s0", "brain:s1", "mimic:s1", "brain:s0",
+        "mimic:s0", "mimic:s0", "mimic:s1"]

@@ -81,6 +81,8 @@ def test_hard_negatives_need_the_weights_that_mine_them(tiny_phantoms, tmp_path,
     err = capsys.readouterr().err.strip()
     assert "--init" in err and "Traceback" not in err and len(err.splitlines()) == 1
     assert not out.exists()
+    assert main(["train", "proposer", "--data", str(tiny_phantoms), "-o", str(out), "--hard-negatives", "-0.1"]) == 2
+    assert "[0, 0.5]" in capsys.readouterr().err
 
 
 def test_hold_out_splits_by_subject_and_honours_zero():

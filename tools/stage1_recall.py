@@ -6,8 +6,8 @@ as well as on validation sets (does it carry over to a family it never saw?).
     python tools/stage1_recall.py --data DATA/train-classic-s103 DATA/train-rand2-s101 DATA/val-beta-s7101 \\
         [--proposer W.safetensors] [--max-candidates 30 60 150]
 
-Matching is `cmbdet evaluate`'s (one-to-one, within max(5 mm, radius + 2 mm)). Each scan runs through
-stage 1 once, with the most candidates asked for; the smaller counts are its first candidates.
+Matching is `cmbdet evaluate`'s (one-to-one, within max(5 mm, radius + 2 mm)). Each scan's likelihood map
+is computed once; the candidates for each count are then what `cmbdet detect` reads with that count.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import argparse
 from pathlib import Path
 
 from cmbdet.evaluate import evaluate
-from cmbdet.proposer.infer import load_proposer, propose_candidates
+from cmbdet.preprocess import prepare_working_image
+from cmbdet.proposer.infer import likelihood_map, load_proposer, peaks_to_candidates
 from cmbdet.training_data import read_labelled_set
 from cmbdet.volume import load_volume
 
@@ -36,11 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         scans = read_labelled_set(folder)
         truth, rows = [], {n: [] for n in counts}
         for scan in scans:
-            candidates = propose_candidates(load_volume(scan.image_path), proposer, max_candidates=counts[-1])
-            records = candidates.to_records(scan.subject)
+            working = prepare_working_image(load_volume(scan.image_path), proposer.spacing_mm)
+            likelihood = likelihood_map(working, proposer)
             truth += scan.truth_records()
-            for n in counts:
-                rows[n] += records[:n]
+            for n in counts:  # as propose_candidates(max_candidates=n) gives them
+                rows[n] += peaks_to_candidates(likelihood, working.affine, max_candidates=n,
+                                               min_score=0.05).to_records(scan.subject)
         n_cmb = sum(len(s.cmb_xyz_mm) for s in scans)
         recalls = [evaluate(truth, rows[n]).pooled["sensitivity"] for n in counts]
         print(f"| {Path(folder).name} | {len(scans)} | {n_cmb} | " + " | ".join(f"{r:.3f}" for r in recalls) + " |",

@@ -42,8 +42,9 @@ MIN_TARGET_SIGMA_MM = 0.7
 #: Thickest acquisition slice the augmentation simulates, in working-grid voxels (1 mm: 6 mm slices,
 #: the thickest clinical GRE). Until session 9 it was 3, applied to 20 % of patches, axial only.
 THICKEST_SLICE_VOXELS = 6
-#: A mined candidate is a hard negative only this far (mm) from every CMB centre (nearer ones may be
-#: a second peak on the microbleed itself).
+#: A mined candidate is a hard negative only farther than this (mm) from every CMB centre, and than the
+#: CMB's radius + 2 mm (the evaluator's match distance): nearer ones may be a second peak on the
+#: microbleed itself.
 HARD_NEGATIVE_CLEARANCE_MM = 6.0
 
 
@@ -78,21 +79,28 @@ def prepare_scan(scan: LabelledScan, spacing_mm: float = DEFAULT_SPACING_MM) -> 
 
 def mine_hard_negatives(scans: list[PreparedScan], proposer: Proposer, *, per_scan: int = 60,
                         log: Callable[[str], None] = print) -> list[PreparedScan]:
-    """Where ``proposer`` fires wrongly on its training scans: its ``per_scan`` highest candidates that
-    lie farther than `HARD_NEGATIVE_CLEARANCE_MM` from every CMB become ``hard_negative_ijk`` (bootstrapping,
-    as in classic detector training). Returns new `PreparedScan` objects; the inputs are unchanged."""
+    """Where ``proposer`` fires wrongly on its training scans (bootstrapping, as in classic detector
+    training): of its ``per_scan`` highest candidates (likelihood >= 0.01), those farther than
+    max(`HARD_NEGATIVE_CLEARANCE_MM`, radius + 2 mm) from every CMB become ``hard_negative_ijk`` (so at
+    most ``per_scan`` per scan). Returns new `PreparedScan` objects; the inputs are unchanged.
+    ``proposer`` is switched to eval mode (and channels-last memory): mine with a copy of weights you
+    go on training."""
     mined = []
     started = time.time()
     for n, scan in enumerate(scans, 1):
         spacing = float(scan.spacing_mm)
+        if abs(spacing - proposer.spacing_mm) > 1e-6:
+            raise ValueError(f"{scan.subject}: prepared at {spacing} mm, "
+                             f"the proposer works at {proposer.spacing_mm} mm")
         working = WorkingImage(image=scan.image.astype(np.float32), mask=scan.mask,
                                affine=np.diag([spacing, spacing, spacing, 1.0]))
         candidates = peaks_to_candidates(likelihood_map(working, proposer), working.affine,
                                          max_candidates=per_scan, min_score=0.01)
         ijk = candidates.xyz_mm / spacing
         if len(scan.cmb_ijk) and len(ijk):
-            nearest_mm = np.linalg.norm(ijk[:, None] - scan.cmb_ijk[None], axis=-1).min(axis=1) * spacing
-            ijk = ijk[nearest_mm > HARD_NEGATIVE_CLEARANCE_MM]
+            distance_mm = np.linalg.norm(ijk[:, None] - scan.cmb_ijk[None], axis=-1) * spacing
+            clearance_mm = np.maximum(HARD_NEGATIVE_CLEARANCE_MM, scan.cmb_radius_vox * spacing + 2.0)
+            ijk = ijk[np.all(distance_mm > clearance_mm[None], axis=1)]
         mined.append(replace(scan, hard_negative_ijk=ijk.reshape(-1, 3)))
         if n % 10 == 0 or n == len(scans):
             log(f"mined hard negatives on {n}/{len(scans)} scans ({time.time() - started:.0f} s)")
@@ -236,7 +244,7 @@ def train_proposer(
             draw = rng.random()
             if draw < 0.5 and with_cmb:
                 kind, pool = "cmb", with_cmb
-            elif draw < 0.5 + hard_negative_fraction:
+            elif 0.5 <= draw < 0.5 + hard_negative_fraction:  # never with 0: the old sampling, draw for draw
                 kind, pool = "hard", with_hard
             elif draw < mimic_below and with_mimic:
                 kind, pool = "mimic", with_mimic
@@ -267,7 +275,8 @@ def train_proposer(
     net.eval()
     # Fine-tuning keeps a record of the earlier training rounds.
     history = [] if init is None else [*init.metadata.get("history", []), {
-        k: init.metadata.get(k) for k in ("steps", "lr", "train_subjects", "train_seconds", "seed", "training_data")
+        k: init.metadata.get(k) for k in ("steps", "lr", "train_subjects", "train_seconds", "seed", "training_data",
+                                          "hard_negative_fraction")
         if k in init.metadata}]
     proposer.metadata.update(steps=steps, batch_size=batch_size, patch=patch, lr=lr, train_subjects=len(scans),
                              min_target_sigma_mm=min_target_sigma_mm,
