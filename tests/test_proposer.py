@@ -161,6 +161,19 @@ def test_target_width_floor_widens_only_small_cmbs():
     assert wide.max() == narrow.max() == 1.0
 
 
+def _likelihood_peaks_at(monkeypatch, peaks: dict) -> None:
+    """Make stage 1's likelihood map (as mining calls it) zero but for ``peaks``: voxel -> value."""
+    import cmbdet.proposer.train as train
+
+    def fake_map(working, proposer, **_):
+        prob = np.zeros(working.image.shape, np.float32)
+        for ijk, value in peaks.items():
+            prob[ijk] = value
+        return prob
+
+    monkeypatch.setattr(train, "likelihood_map", fake_map)
+
+
 def test_mined_hard_negatives_are_the_proposer_s_false_peaks_away_from_cmbs(monkeypatch):
     """Mining keeps the candidates > 6 mm from every CMB (a second peak on a microbleed is no negative)
     and leaves the input scans untouched; "hard" patches are then centred on them."""
@@ -169,14 +182,7 @@ def test_mined_hard_negatives_are_the_proposer_s_false_peaks_away_from_cmbs(monk
 
     scan = _toy_scans(np.random.default_rng(0))[0]  # CMBs at (20, 24, 24) and (30, 10, 35)
     peaks = {(21, 24, 24): 0.9, (20, 28, 24): 0.8, (8, 40, 8): 0.7, (40, 40, 12): 0.6}  # 2 on the CMB, 2 far
-
-    def fake_map(working, proposer, **_):
-        prob = np.zeros(working.image.shape, np.float32)
-        for ijk, p in peaks.items():
-            prob[ijk] = p
-        return prob
-
-    monkeypatch.setattr(train, "likelihood_map", fake_map)
+    _likelihood_peaks_at(monkeypatch, peaks)
     mined = train.mine_hard_negatives([scan], new_proposer(width=4, device="cpu"), per_scan=10, log=lambda _: 0)
     found = mined[0].hard_negative_ijk
     np.testing.assert_allclose(found[np.argsort(found[:, 0])], [[8, 40, 8], [40, 40, 12]], atol=0.5)
@@ -212,15 +218,7 @@ def test_mining_clearance_is_in_mm_and_grows_with_the_microbleed(monkeypatch):
     cmbs = np.array([[20.0, 24.0, 24.0], [30.0, 10.0, 35.0]])
     scan = train.PreparedScan("s", image, np.ones(image.shape, bool), cmbs, np.array([1.5, 3.0]), np.zeros((0, 3)),
                               spacing_mm=2.0)
-    peaks = {(20, 22, 24): 0.9, (20, 28, 24): 0.8, (30, 13, 37): 0.7, (8, 40, 8): 0.6}
-
-    def fake_map(working, proposer, **_):
-        prob = np.zeros(working.image.shape, np.float32)
-        for ijk, p in peaks.items():
-            prob[ijk] = p
-        return prob
-
-    monkeypatch.setattr(train, "likelihood_map", fake_map)
+    _likelihood_peaks_at(monkeypatch, {(20, 22, 24): 0.9, (20, 28, 24): 0.8, (30, 13, 37): 0.7, (8, 40, 8): 0.6})
     found = train.mine_hard_negatives([scan], new_proposer(width=4, spacing_mm=2.0, device="cpu"),
                                       log=lambda _: 0)[0].hard_negative_ijk
     np.testing.assert_allclose(found[np.argsort(found[:, 0])], [[8, 40, 8], [20, 28, 24]], atol=0.5)
