@@ -720,8 +720,9 @@ def progress_printer(total: int, *, quiet: bool = False, stream=None,
                      ) -> tuple[Callable[[SubjectRecord, int, int], None], Callable[[], None]]:
     """(callback, close) reporting finished subjects on ``stream`` (stderr).
 
-    On a terminal: a tqdm bar with rate and ETA (failures printed above it). Otherwise (a log file,
-    a cluster job): one plain line per subject with the ETA, no carriage returns. Nothing if ``quiet``.
+    On a terminal: a tqdm bar with rate and ETA (failures, and subjects with a message, printed above
+    it). Otherwise (a log file, a cluster job): one plain line per subject with the ETA, no carriage
+    returns. Nothing if ``quiet``.
     """
     stream = stream or sys.stderr
     describe = describe or (lambda r: "ok" if r.status == "ok" else f"ERROR: {r.message}")
@@ -734,7 +735,7 @@ def progress_printer(total: int, *, quiet: bool = False, stream=None,
         bar = tqdm(total=total, unit="scan", file=stream, dynamic_ncols=True, smoothing=0.1)
 
         def on_tty(record: SubjectRecord, done: int, n: int) -> None:
-            if record.status != "ok":
+            if record.status != "ok" or record.message:  # failures and what a user should know
                 bar.write(f"{record.subject}: {describe(record)}", file=stream)
             bar.n = done
             bar.set_postfix_str(record.subject, refresh=False)

@@ -315,7 +315,9 @@ def _detect(args) -> int:
               f"{settings['threshold']:.2f}, {_where(args)}", file=sys.stderr)
 
     def describe(record) -> str:
-        return f"{record.counts.get('n_cmb', 0)} CMB" if record.status == "ok" else f"ERROR: {record.message}"
+        if record.status != "ok":
+            return f"ERROR: {record.message}"
+        return f"{record.counts.get('n_cmb', 0)} CMB" + (f"; note: {record.message}" if record.message else "")
 
     progress, close = progress_printer(len(found.subjects), quiet=args.quiet, describe=describe)
     try:
@@ -327,11 +329,11 @@ def _detect(args) -> int:
     records = result.records
     if len(records) <= 50:
         width = max(len("subject"), *(len(r.subject) for r in records))
-        print(f"{'subject':<{width}}  {'status':<6} {'n_cmb':>5} {'lobar':>5} {'deep':>5} {'infra':>5}")
+        print(f"{'subject':<{width}}  {'status':<6} {'n_cmb':>5} {'lobar':>5} {'deep':>5} {'infra':>5} {'unknown':>7}")
         for r in records:
             c = r.counts
             print(f"{r.subject:<{width}}  {r.status:<6} {c.get('n_cmb', ''):>5} {c.get('n_lobar', ''):>5} "
-                  f"{c.get('n_deep', ''):>5} {c.get('n_infratentorial', ''):>5}")
+                  f"{c.get('n_deep', ''):>5} {c.get('n_infratentorial', ''):>5} {c.get('n_unknown', ''):>7}")
     failed = len(result.failed)
     if not args.quiet:
         done_before = f", {result.skipped_done} already done" if result.skipped_done else ""
@@ -481,7 +483,9 @@ def _lesions(args) -> int:
         # "modality auto: CT (HU range ...)" -> "CT (auto): "; the reason is in counts.csv
         auto = record.message.startswith("modality auto: ")
         kind = f"{record.message[len('modality auto: '):].split(' ')[0]} (auto): " if auto else ""
-        return f"{kind}{record.counts['n_lesions']} lesion(s), {float(record.counts['total_volume_ml']):.1f} mL"
+        other = [n for n in record.message.split("; ") if n and not n.startswith("modality")]
+        return (f"{kind}{record.counts['n_lesions']} lesion(s), {float(record.counts['total_volume_ml']):.1f} mL"
+                + (f"; note: {'; '.join(other)}" if other else ""))
 
     return _run_subjects(job, subjects, args, describe, "lesions.csv")
 

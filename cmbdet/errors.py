@@ -1,7 +1,8 @@
-"""Errors that reach the user as one line (the CLI prints them without a traceback)."""
+"""What reaches the user as one line: errors (the CLI prints them without a traceback) and notes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -16,3 +17,14 @@ class InputError(Exception):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(problem if path is None else f"{path}: {problem}")
+
+
+def notes_with_warnings(notes: Iterable[str], caught: Iterable) -> list[str]:
+    """``notes`` followed by the messages of the ``caught`` warnings (``warnings.catch_warnings(record=True)``)
+    that say something new: a warning that repeats a note, also as ``"<file>: <note>"``, is left out."""
+    merged = list(notes)
+    for warning in caught:
+        message = str(warning.message)
+        if not any(message == note or message.endswith(f": {note}") for note in merged):
+            merged.append(message)
+    return merged

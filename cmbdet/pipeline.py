@@ -25,7 +25,7 @@ import numpy as np
 from cmbdet import __version__
 from cmbdet.batch import Subject, SubjectRecord, sha256_file
 from cmbdet.detections import Detections
-from cmbdet.errors import InputError
+from cmbdet.errors import InputError, notes_with_warnings
 from cmbdet.outputs import (
     COUNT_COLUMNS,
     DETECTION_COLUMNS,
@@ -206,8 +206,7 @@ class DetectJob:
             volume = load_volume(paths[0] if len(paths) == 1 else list(paths), echo=self.echo)
             candidates = detector.candidates(volume)
             views = review_views(volume, candidates) if self.pictures else None
-        notes = [*volume.notes, *candidates.notes]
-        notes += [str(w.message) for w in caught if str(w.message) not in notes]
+        notes = notes_with_warnings([*volume.notes, *candidates.notes], caught)
         message = "; ".join(notes)
         files = write_candidates(volume, candidates, outdir, subject.subject,
                                  min_stage1=min(KEPT_CANDIDATE_SCORE, detector.threshold), views=views)

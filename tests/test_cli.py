@@ -55,6 +55,22 @@ def test_detect_writes_the_output_contract_in_the_input_grid(scan_dir, random_we
     assert [s["status"] for s in run["subjects"]] == ["ok", "ok"]
 
 
+def test_what_was_assumed_is_said_once_in_counts_and_on_the_console(scan_dir, random_weights, tmp_path, capsys):
+    good = nib.load(scan_dir / "sub-02_T2starw.nii.gz")
+    bare = nib.Nifti1Image(np.asarray(good.dataobj), good.affine)
+    bare.set_sform(None, code=0)
+    bare.set_qform(None, code=0)
+    nib.save(bare, tmp_path / "bare.nii.gz")
+    out = tmp_path / "out"
+    assert main(["detect", str(tmp_path / "bare.nii.gz"), "-o", str(out), "--weights", str(random_weights)]) == 0
+    message = _rows(out / "counts.csv")[0]["message"]
+    assert message.count("neither sform nor qform") == 1  # the load note, not again as a warning
+    captured = capsys.readouterr()
+    assert "bare: " in captured.err and "note: header has neither sform nor qform" in captured.err
+    header = next(line for line in captured.out.splitlines() if line.startswith("subject"))
+    assert header.split()[-1] == "unknown"
+
+
 def test_one_bad_subject_never_stops_the_batch(scan_dir, random_weights, tmp_path, capsys):
     bad = tmp_path / "broken.nii.gz"
     good = scan_dir / "sub-02_T2starw.nii.gz"

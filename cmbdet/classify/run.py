@@ -28,7 +28,7 @@ import numpy as np
 from cmbdet import __version__
 from cmbdet.batch import Subject, SubjectRecord, sha256_file
 from cmbdet.classify.model import EXPANSION_MODELS, LABELS, SHIPPED, ClassifierModel
-from cmbdet.errors import InputError
+from cmbdet.errors import InputError, notes_with_warnings
 from cmbdet.lesions.result import Lesions
 from cmbdet.lesions.run import LesionsJob, LesionUnit, _unit_of, localize_unit, write_lesion_outputs
 from cmbdet.lesions.run import model_summary as lesion_model_summary
@@ -134,7 +134,7 @@ class ClassifyJob:
             warnings.simplefilter("always")
             features = lesion_features(self.task, reference, arrays, lesions)
             scores = model.scores(features)
-        notes = [*notes, *(str(w.message) for w in caught if str(w.message) not in notes)]
+        notes = notes_with_warnings(notes, caught)
         probability = scores["fused"]
         rows = [self._row(unit.subject, f.lesion_id, p, model) for f, p in zip(features, probability, strict=True)]
         chosen = self._subject_choice(features, probability)

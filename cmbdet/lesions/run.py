@@ -30,7 +30,7 @@ import numpy as np
 from cmbdet import __version__
 from cmbdet.atomic import write_text_atomic
 from cmbdet.batch import Subject, SubjectRecord, sha256_file
-from cmbdet.errors import InputError
+from cmbdet.errors import InputError, notes_with_warnings
 from cmbdet.lesions.result import LESION_COLUMNS, Lesions
 from cmbdet.training_data import subject_from_filename
 from cmbdet.volume import Volume, write_like_source
@@ -158,8 +158,7 @@ def localize_unit(unit: LesionUnit, *, ct_model: LesionModel | None, mri_model: 
                 lesions = localize_lesions(seqs, mri_model)
             reference, arrays, reference_name = seqs.reference, seqs.arrays, seqs.reference_name
             notes.extend(seqs.notes)
-    notes.extend(str(w.message) for w in caught if str(w.message) not in notes)
-    return lesions, reference, arrays, reference_name, notes
+    return lesions, reference, arrays, reference_name, notes_with_warnings(notes, caught)
 
 
 def subject_files(subject: str) -> dict[str, str]:
