@@ -138,7 +138,10 @@ def collect_inputs(items: Sequence[str | Path], *, exclude: Sequence[str | Path]
                 found, left_out = _discover_bids(path, excluded)
             else:
                 found, left_out = _discover_folder(path, excluded)
-            if not found:
+            if not found and not left_out and _holds_dicom(path):
+                warnings.warn(f"{path}: folder holds DICOM files and no NIfTI: convert them first "
+                              f"(cmbdet convert points {path} -o OUT; then cmbdet detect OUT)", stacklevel=2)
+            elif not found:
                 warnings.warn(f"{path}: folder holds no scan cmbdet can use (.nii/.nii.gz"
                               f"{'; SWI/T2starw/GRE/T2star magnitude in a BIDS root' if _is_bids_root(path) else ''})",
                               stacklevel=2)
@@ -223,6 +226,12 @@ def _discover_folder(folder: Path, excluded: Sequence[Path]) -> tuple[list[Path]
         reason = _scan_filter(path)
         (skipped.append((path, reason)) if reason else found.append(path))
     return found, skipped
+
+
+def _holds_dicom(folder: Path) -> bool:
+    from cmbdet.datasets.dicom import looks_like_dicom
+
+    return any(path.is_file() and looks_like_dicom(path) for path in folder.rglob("*"))
 
 
 def _discover_bids(root: Path, excluded: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:

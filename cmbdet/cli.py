@@ -406,8 +406,9 @@ def _add_convert_parser(sub, common: argparse.ArgumentParser) -> None:
                                      "points (image, x_mm, y_mm, z_mm[, diameter_mm, status]; image relative to SRC).")
     p.add_argument("src", metavar="SRC")
     p.add_argument("-o", "--outdir", required=True)
-    p.add_argument("--points", required=True, metavar="CSV", help="image, x_mm, y_mm, z_mm[, diameter_mm, status]; "
-                                                                   "empty coordinates = read as clean")
+    p.add_argument("--points", metavar="CSV", help="image, x_mm, y_mm, z_mm[, diameter_mm, status]; "
+                                                    "empty coordinates = read as clean (without it every image is "
+                                                    "converted unrated: e.g. DICOM series for cmbdet detect)")
     p.add_argument("--lps", action="store_true", help="coordinates are DICOM LPS (default scanner RAS as nibabel)")
     p.add_argument("--unlisted-clean", action="store_true", help="an image without a row was read as clean "
                                                                  "(default: unrated)")

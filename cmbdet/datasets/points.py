@@ -4,8 +4,9 @@ The CSV has ``image`` (a NIfTI file or a DICOM series folder, relative to SRC), 
 (scanner RAS as nibabel reports it, or DICOM LPS with ``lps``), optionally ``diameter_mm`` and
 ``status`` (definite/possible; none = definite). A row with empty coordinates marks an image read as
 clean. Every image under SRC is converted; one without a row is unrated, or clean with
-``unlisted_clean``. BIDS names come from the file's own ``sub-``/``ses-`` entities when it has them,
-else from its path (letters and digits: ``site A/patient 01.nii.gz`` -> ``sub-siteApatient01``).
+``unlisted_clean``; without a CSV every image is unrated (DICOM to NIfTI for `cmbdet detect`). BIDS
+names come from the file's own ``sub-``/``ses-`` entities when it has them, else from its path
+(letters and digits: ``site A/patient 01.nii.gz`` -> ``sub-siteApatient01``).
 """
 
 from __future__ import annotations
@@ -112,12 +113,13 @@ def _names(rel: str) -> tuple[str, str, str]:
     return bids_label(stem), "", modality
 
 
-def convert_points(src: str | Path, out: str | Path, points: str | Path, *, lps: bool = False,
+def convert_points(src: str | Path, out: str | Path, points: str | Path | None = None, *, lps: bool = False,
                    unlisted_clean: bool = False, progress=None) -> ConversionResult:
-    """Convert every image under ``src`` and its rated points (module docstring) into ``out``."""
+    """Convert every image under ``src`` and its rated points (module docstring; ``points=None``: no
+    ratings) into ``out``."""
     src, out = Path(src), Path(out)
     check_folders(src, out)
-    rated_by_image = read_points(points, lps=lps)
+    rated_by_image = {} if points is None else read_points(points, lps=lps)
     report: list[dict] = []
     images = find_images(src, report)
     for name in sorted(set(rated_by_image) - set(images)):
