@@ -445,16 +445,19 @@ def test_detect_and_evaluate_counts_on_a_converted_tree(adni, random_weights, tm
 def test_unrated_dicom_folder_detect_says_convert_and_convert_points_needs_no_ratings(random_weights, tmp_path,
                                                                                       capsys):
     """A DICOM folder given to detect: a hint to convert it; `convert points` without --points converts
-    every series unrated, and detect runs on the result."""
+    the susceptibility-weighted series unrated (a T1 series is skipped), and detect runs on the result."""
     src = tmp_path / "dicom"
     write_dicom_series(src / "patient 7" / "swi", geometry("axial"), description="SWI_Images", spots_ras=[])
+    write_dicom_series(src / "patient 7" / "t1", geometry("axial"), description="T1_MPRAGE_SAG", spots_ras=[])
     assert main(["detect", str(src), "-o", str(tmp_path / "nothing"), "--weights", str(random_weights)]) == 2
     err = capsys.readouterr().err
     assert "holds DICOM files and no NIfTI" in err and f"cmbdet convert points {src}" in err
     out = tmp_path / "bids"
     assert main(["convert", "points", str(src), "-o", str(out)]) == 0
-    (row,) = _rows(out / "manifest.csv")
-    assert row["in_truth"] == "0" and row["n_cmb"] == "" and row["format"] == "dicom"
+    (row,) = _rows(out / "manifest.csv")  # the T1 series is not taken: not susceptibility-weighted
+    assert row["in_truth"] == "0" and row["n_cmb"] == "" and row["format"] == "dicom" and row["source"].endswith("swi")
+    report = {r["source"]: r for r in _rows(out / "conversion_report.csv")}
+    assert report["patient 7/t1"]["status"] == "skipped" and "T1-weighted" in report["patient 7/t1"]["reason"]
     found = tmp_path / "found"
     assert main(["detect", str(out), "-o", str(found), "--weights", str(random_weights), "--no-pictures"]) == 0
     assert [r["status"] for r in _rows(found / "counts.csv")] == ["ok"]

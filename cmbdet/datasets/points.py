@@ -3,8 +3,9 @@
 The CSV has ``image`` (a NIfTI file or a DICOM series folder, relative to SRC), ``x_mm, y_mm, z_mm``
 (scanner RAS as nibabel reports it, or DICOM LPS with ``lps``), optionally ``diameter_mm`` and
 ``status`` (definite/possible; none = definite). A row with empty coordinates marks an image read as
-clean. Every image under SRC is converted; one without a row is unrated, or clean with
-``unlisted_clean``; without a CSV every image is unrated (DICOM to NIfTI for `cmbdet detect`). BIDS
+clean. Every image under SRC is converted (a DICOM series without a row only when its description
+says SWI/T2*/GRE, as for ADNI); one without a row is unrated, or clean with ``unlisted_clean``; without
+a CSV every image is unrated (DICOM to NIfTI for `cmbdet detect`). BIDS
 names come from the file's own ``sub-``/``ses-`` entities when it has them, else from its path
 (letters and digits: ``site A/patient 01.nii.gz`` -> ``sub-siteApatient01``).
 """
@@ -37,7 +38,7 @@ from cmbdet.datasets.manifest import (
     truth_rows,
     write_outputs,
 )
-from cmbdet.datasets.series import modality_of
+from cmbdet.datasets.series import choose_series, modality_of
 from cmbdet.errors import InputError
 from cmbdet.training_data import subject_from_filename
 
@@ -134,6 +135,12 @@ def convert_points(src: str | Path, out: str | Path, points: str | Path | None =
         subject = subject_from_filename(out_rel)
         kind = "dicom" if isinstance(image, DicomSeries) else "nifti"
         row = {"source": rel, "kind": kind, "subject": subject}
+        if kind == "dicom" and rel not in rated_by_image:  # an unlisted series is taken by its description
+            choice = choose_series(image.description)
+            if not choice.take:
+                report.append({**row, "status": "skipped", "reason": f"{choice.reason} (series description "
+                               f"{image.description!r}; list it in --points to convert it anyway)"})
+                continue
         if not participant or subject in taken:
             why = "no letters or digits in the name" if not participant else f"same BIDS name as {taken[subject]}"
             report.append({**row, "status": "error", "reason": why})
