@@ -99,6 +99,18 @@ def test_cli_classical_with_crops_and_hu_refusal(ct_inputs, tmp_path):
     assert np.allclose(centre, [12.0, 6.0, 4.0], atol=6.0)
 
 
+def test_auto_takes_a_ct_named_file_as_ct_and_says_why_its_values_are_not_hu(ct_inputs, tmp_path):
+    """A CT stored without its rescale intercept (air at 0, not -1000), named ``_ct``: the CT reader's
+    reason, not an MRI grouping error."""
+    source = nib.load(ct_inputs / "sub-01_ct.nii.gz")
+    raw = (np.asarray(source.get_fdata()) + 1024).astype(np.uint16)
+    nib.save(nib.Nifti1Image(raw, source.affine), tmp_path / "sub-03_ct.nii.gz")
+    out = tmp_path / "out"
+    assert main(["lesions", str(tmp_path / "sub-03_ct.nii.gz"), "-o", str(out), "--classical"]) == 1
+    (row,) = _rows(out / "counts.csv")
+    assert "not a CT in Hounsfield units" in row["message"] and "scl_slope/scl_inter" in row["message"]
+
+
 def test_cli_mri_groups_and_refuses_mixed_subjects(tmp_path):
     folder = tmp_path / "bids"
     folder.mkdir()
