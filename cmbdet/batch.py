@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import sys
 import time
 import warnings
@@ -138,9 +139,10 @@ def collect_inputs(items: Sequence[str | Path], *, exclude: Sequence[str | Path]
                 found, left_out = _discover_bids(path, excluded)
             else:
                 found, left_out = _discover_folder(path, excluded)
-            if not found and not left_out and _holds_dicom(path):
-                warnings.warn(f"{path}: folder holds DICOM files and no NIfTI: convert them first "
-                              f"(cmbdet convert points {path} -o OUT; then cmbdet detect OUT)", stacklevel=2)
+            if not found and _holds_dicom(path, excluded):
+                warnings.warn(f"{path}: folder holds DICOM files and no scan cmbdet can use: convert them first "
+                              f"(cmbdet convert points {shlex.quote(str(path))} -o OUT; then cmbdet detect OUT)",
+                              stacklevel=2)
             elif not found:
                 warnings.warn(f"{path}: folder holds no scan cmbdet can use (.nii/.nii.gz"
                               f"{'; SWI/T2starw/GRE/T2star magnitude in a BIDS root' if _is_bids_root(path) else ''})",
@@ -228,10 +230,15 @@ def _discover_folder(folder: Path, excluded: Sequence[Path]) -> tuple[list[Path]
     return found, skipped
 
 
-def _holds_dicom(folder: Path) -> bool:
+def _holds_dicom(folder: Path, excluded: Sequence[Path]) -> bool:
+    """Whether any file under ``folder`` (hidden and ``excluded`` folders left out) is DICOM."""
     from cmbdet.datasets.dicom import looks_like_dicom
 
-    return any(path.is_file() and looks_like_dicom(path) for path in folder.rglob("*"))
+    for parent, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not _under(Path(parent) / d, excluded)]
+        if any(looks_like_dicom(Path(parent) / name) for name in names if not name.startswith(".")):
+            return True
+    return False
 
 
 def _discover_bids(root: Path, excluded: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -725,16 +732,18 @@ class _RayWorker:
 
 
 def progress_printer(total: int, *, quiet: bool = False, stream=None,
-                     describe: Callable[[SubjectRecord], str] | None = None
+                     describe: Callable[[SubjectRecord], str] | None = None,
+                     noteworthy: Callable[[SubjectRecord], bool] | None = None,
                      ) -> tuple[Callable[[SubjectRecord, int, int], None], Callable[[], None]]:
-    """(callback, close) reporting finished subjects on ``stream`` (stderr).
+    """(callback, close) reporting finished subjects on ``stream`` (stderr), each as ``describe`` says.
 
-    On a terminal: a tqdm bar with rate and ETA (failures, and subjects with a message, printed above
-    it). Otherwise (a log file, a cluster job): one plain line per subject with the ETA, no carriage
-    returns. Nothing if ``quiet``.
+    On a terminal: a tqdm bar with rate and ETA, the ``noteworthy`` subjects (default: failures)
+    printed above it. Otherwise (a log file, a cluster job): one plain line per subject with the ETA,
+    no carriage returns. Nothing if ``quiet``.
     """
     stream = stream or sys.stderr
     describe = describe or (lambda r: "ok" if r.status == "ok" else f"ERROR: {r.message}")
+    noteworthy = noteworthy or (lambda r: r.status != "ok")
     if quiet:
         return (lambda record, done, n: None), (lambda: None)
     started = time.monotonic()
@@ -744,7 +753,7 @@ def progress_printer(total: int, *, quiet: bool = False, stream=None,
         bar = tqdm(total=total, unit="scan", file=stream, dynamic_ncols=True, smoothing=0.1)
 
         def on_tty(record: SubjectRecord, done: int, n: int) -> None:
-            if record.status != "ok" or record.message:  # failures and what a user should know
+            if noteworthy(record):
                 bar.write(f"{record.subject}: {describe(record)}", file=stream)
             bar.n = done
             bar.set_postfix_str(record.subject, refresh=False)

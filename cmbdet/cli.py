@@ -319,7 +319,8 @@ def _detect(args) -> int:
             return f"ERROR: {record.message}"
         return f"{record.counts.get('n_cmb', 0)} CMB" + (f"; note: {record.message}" if record.message else "")
 
-    progress, close = progress_printer(len(found.subjects), quiet=args.quiet, describe=describe)
+    progress, close = progress_printer(len(found.subjects), quiet=args.quiet, describe=describe,
+                                       noteworthy=lambda record: record.status != "ok" or bool(record.message))
     try:
         result = run_batch(job, found.subjects, args.outdir, workers=args.workers, use_ray=args.ray is not None,
                            ray_address=args.ray or None, overwrite=args.overwrite, progress=progress,
@@ -412,6 +413,9 @@ def _add_convert_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--lps", action="store_true", help="coordinates are DICOM LPS (default scanner RAS as nibabel)")
     p.add_argument("--unlisted-clean", action="store_true", help="an image without a row was read as clean "
                                                                  "(default: unrated)")
+    p.add_argument("--series", metavar="REGEX", help="take a DICOM series without a row when its description "
+                                                     "matches this (default: SWI/T2*/GRE, as for adni)")
+    p.add_argument("--all-series", action="store_true", help="take every DICOM series, whatever its description")
     p.set_defaults(run=_convert, archive="points")
 
 
@@ -423,7 +427,8 @@ def _convert(args) -> int:
         from cmbdet.datasets.points import convert_points
 
         result = convert_points(args.src, args.outdir, args.points, lps=args.lps,
-                                unlisted_clean=args.unlisted_clean, progress=progress)
+                                unlisted_clean=args.unlisted_clean, series_pattern=args.series,
+                                all_series=args.all_series, progress=progress)
     else:
         from cmbdet.datasets.adni import convert_adni
         from cmbdet.datasets.aibl import convert_aibl
@@ -484,9 +489,7 @@ def _lesions(args) -> int:
         # "modality auto: CT (HU range ...)" -> "CT (auto): "; the reason is in counts.csv
         auto = record.message.startswith("modality auto: ")
         kind = f"{record.message[len('modality auto: '):].split(' ')[0]} (auto): " if auto else ""
-        other = [n for n in record.message.split("; ") if n and not n.startswith("modality")]
-        return (f"{kind}{record.counts['n_lesions']} lesion(s), {float(record.counts['total_volume_ml']):.1f} mL"
-                + (f"; note: {'; '.join(other)}" if other else ""))
+        return f"{kind}{record.counts['n_lesions']} lesion(s), {float(record.counts['total_volume_ml']):.1f} mL"
 
     return _run_subjects(job, subjects, args, describe, "lesions.csv")
 

@@ -19,12 +19,15 @@ class InputError(Exception):
         super().__init__(problem if path is None else f"{path}: {problem}")
 
 
-def notes_with_warnings(notes: Iterable[str], caught: Iterable) -> list[str]:
+def notes_with_warnings(notes: Iterable[str], caught: Iterable, sources: Iterable[str | Path] = ()) -> list[str]:
     """``notes`` followed by the messages of the ``caught`` warnings (``warnings.catch_warnings(record=True)``)
-    that say something new: a warning that repeats a note, also as ``"<file>: <note>"``, is left out."""
+    that say something new. A warning repeats a note when it is the note itself, or the note prefixed
+    with the file it came from (``"<source>: <note>"``, ``sources``: the files whose notes ``notes``
+    holds); the same text about another file is kept, since it names that file."""
     merged = list(notes)
+    sources = [str(source) for source in sources]
     for warning in caught:
         message = str(warning.message)
-        if not any(message == note or message.endswith(f": {note}") for note in merged):
+        if not any(message == note or message in {f"{source}: {note}" for source in sources} for note in merged):
             merged.append(message)
     return merged

@@ -206,7 +206,7 @@ class DetectJob:
             volume = load_volume(paths[0] if len(paths) == 1 else list(paths), echo=self.echo)
             candidates = detector.candidates(volume)
             views = review_views(volume, candidates) if self.pictures else None
-        notes = notes_with_warnings([*volume.notes, *candidates.notes], caught)
+        notes = notes_with_warnings([*volume.notes, *candidates.notes], caught, sources=[volume.path])
         message = "; ".join(notes)
         files = write_candidates(volume, candidates, outdir, subject.subject,
                                  min_stage1=min(KEPT_CANDIDATE_SCORE, detector.threshold), views=views)

@@ -63,12 +63,13 @@ def test_what_was_assumed_is_said_once_in_counts_and_on_the_console(scan_dir, ra
     nib.save(bare, tmp_path / "bare.nii.gz")
     out = tmp_path / "out"
     assert main(["detect", str(tmp_path / "bare.nii.gz"), "-o", str(out), "--weights", str(random_weights)]) == 0
-    message = _rows(out / "counts.csv")[0]["message"]
-    assert message.count("neither sform nor qform") == 1  # the load note, not again as a warning
+    (count,) = _rows(out / "counts.csv")
+    assert count["message"].count("neither sform nor qform") == 1  # the load note, not again as a warning
     captured = capsys.readouterr()
     assert "bare: " in captured.err and "note: header has neither sform nor qform" in captured.err
-    header = next(line for line in captured.out.splitlines() if line.startswith("subject"))
-    assert header.split()[-1] == "unknown"
+    header, row = (next(line for line in captured.out.splitlines() if line.startswith(name))
+                   for name in ("subject", "bare"))
+    assert header.split()[-1] == "unknown" and row.split()[-1] == count["n_unknown"]
 
 
 def test_one_bad_subject_never_stops_the_batch(scan_dir, random_weights, tmp_path, capsys):

@@ -218,6 +218,14 @@ def test_progress_is_plain_lines_in_a_log_a_bar_on_a_terminal_and_nothing_when_q
     close()
     shown = terminal.getvalue()
     assert "3/3" in shown and "100%" in shown and "s2: ERROR: broken.nii: no such file" in shown
+    assert "s1:" not in shown  # an ok subject is only counted on the bar by default
+    terminal = Terminal()  # detect's choice: ok subjects with a note are printed above the bar too
+    update, close = progress_printer(2, stream=terminal, noteworthy=lambda r: r.status != "ok" or bool(r.message))
+    update(SubjectRecord("s1", [], None, "", "ok", message=""), 1, 2)
+    update(SubjectRecord("s2", [], None, "", "ok", message="header has neither sform nor qform"), 2, 2)
+    close()
+    shown = terminal.getvalue()
+    assert "s1:" not in shown and "s2: ok" in shown
 
 
 def test_per_echo_files_of_one_subject_run_as_one_scan(tmp_path, random_weights):

@@ -447,17 +447,29 @@ def test_unrated_dicom_folder_detect_says_convert_and_convert_points_needs_no_ra
     """A DICOM folder given to detect: a hint to convert it; `convert points` without --points converts
     the susceptibility-weighted series unrated (a T1 series is skipped), and detect runs on the result."""
     src = tmp_path / "dicom"
-    write_dicom_series(src / "patient 7" / "swi", geometry("axial"), description="SWI_Images", spots_ras=[])
+    write_dicom_series(src / "patient 7" / "series5", geometry("axial"), description="SWI_Images", spots_ras=[])
     write_dicom_series(src / "patient 7" / "t1", geometry("axial"), description="T1_MPRAGE_SAG", spots_ras=[])
     assert main(["detect", str(src), "-o", str(tmp_path / "nothing"), "--weights", str(random_weights)]) == 2
     err = capsys.readouterr().err
-    assert "holds DICOM files and no NIfTI" in err and f"cmbdet convert points {src}" in err
+    assert "holds DICOM files and no scan cmbdet can use" in err and f"cmbdet convert points {src}" in err
     out = tmp_path / "bids"
     assert main(["convert", "points", str(src), "-o", str(out)]) == 0
     (row,) = _rows(out / "manifest.csv")  # the T1 series is not taken: not susceptibility-weighted
-    assert row["in_truth"] == "0" and row["n_cmb"] == "" and row["format"] == "dicom" and row["source"].endswith("swi")
+    assert row["in_truth"] == "0" and row["n_cmb"] == "" and row["format"] == "dicom"
+    assert row["source"] == "patient 7/series5" and row["path"].endswith("_swi.nii.gz")  # suffix from the description
     report = {r["source"]: r for r in _rows(out / "conversion_report.csv")}
     assert report["patient 7/t1"]["status"] == "skipped" and "T1-weighted" in report["patient 7/t1"]["reason"]
+    everything = tmp_path / "all"  # --all-series: as before this rule, every series
+    assert main(["convert", "points", str(src), "-o", str(everything), "--all-series"]) == 0
+    assert len(_rows(everything / "manifest.csv")) == 2
+    points = tmp_path / "points.csv"  # with ratings, an unlisted series follows the same rule; --series widens it
+    points.write_text("image,x_mm,y_mm,z_mm\npatient 7/series5,,,\n")
+    assert main(["convert", "points", str(src), "-o", str(tmp_path / "rated"), "--points", str(points),
+                 "--unlisted-clean"]) == 0
+    assert [r["source"] for r in _rows(tmp_path / "rated" / "manifest.csv")] == ["patient 7/series5"]
+    assert main(["convert", "points", str(src), "-o", str(tmp_path / "rated2"), "--points", str(points),
+                 "--series", "mprage"]) == 0
+    assert len(_rows(tmp_path / "rated2" / "manifest.csv")) == 2
     found = tmp_path / "found"
     assert main(["detect", str(out), "-o", str(found), "--weights", str(random_weights), "--no-pictures"]) == 0
     assert [r["status"] for r in _rows(found / "counts.csv")] == ["ok"]

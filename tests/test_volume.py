@@ -256,3 +256,15 @@ def test_real_multi_echo_gre_and_phase_files():
             warnings.simplefilter("ignore")
             with pytest.raises(InputError, match="phase image"):
                 load_volume(REALDATA / name)
+
+
+def test_a_warning_repeating_a_note_is_dropped_only_for_the_file_the_note_came_from():
+    from cmbdet.errors import notes_with_warnings
+
+    def caught(*messages):
+        return [warnings.WarningMessage(UserWarning(m), UserWarning, "x.py", 1) for m in messages]
+
+    note = "header has neither sform nor qform: orientation unknown"
+    merged = notes_with_warnings([note], caught(f"/d/swi.nii.gz: {note}", f"/d/T1w.nii.gz: {note}", note, "other"),
+                                 sources=["/d/swi.nii.gz"])
+    assert merged == [note, f"/d/T1w.nii.gz: {note}", "other"]

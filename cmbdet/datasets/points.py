@@ -4,8 +4,9 @@ The CSV has ``image`` (a NIfTI file or a DICOM series folder, relative to SRC), 
 (scanner RAS as nibabel reports it, or DICOM LPS with ``lps``), optionally ``diameter_mm`` and
 ``status`` (definite/possible; none = definite). A row with empty coordinates marks an image read as
 clean. Every image under SRC is converted (a DICOM series without a row only when its description
-says SWI/T2*/GRE, as for ADNI); one without a row is unrated, or clean with ``unlisted_clean``; without
-a CSV every image is unrated (DICOM to NIfTI for `cmbdet detect`). BIDS
+says SWI/T2*/GRE, as for ADNI, or matches ``series_pattern``; every one with ``all_series``); one
+without a row is unrated, or clean with ``unlisted_clean``; without a CSV every image is unrated (DICOM
+to NIfTI for `cmbdet detect`). BIDS
 names come from the file's own ``sub-``/``ses-`` entities when it has them, else from its path
 (letters and digits: ``site A/patient 01.nii.gz`` -> ``sub-siteApatient01``).
 """
@@ -115,9 +116,11 @@ def _names(rel: str) -> tuple[str, str, str]:
 
 
 def convert_points(src: str | Path, out: str | Path, points: str | Path | None = None, *, lps: bool = False,
-                   unlisted_clean: bool = False, progress=None) -> ConversionResult:
+                   unlisted_clean: bool = False, series_pattern: str | None = None, all_series: bool = False,
+                   progress=None) -> ConversionResult:
     """Convert every image under ``src`` and its rated points (module docstring; ``points=None``: no
-    ratings) into ``out``."""
+    ratings) into ``out``. A DICOM series without a row is taken by its description (`choose_series`,
+    ``series_pattern`` replacing the default rules), or always with ``all_series``."""
     src, out = Path(src), Path(out)
     check_folders(src, out)
     rated_by_image = {} if points is None else read_points(points, lps=lps)
@@ -131,16 +134,20 @@ def convert_points(src: str | Path, out: str | Path, points: str | Path | None =
     taken: dict[str, str] = {}
     for n, (rel, image) in enumerate(sorted(images.items()), start=1):
         participant, session, modality = _names(rel)
+        kind = "dicom" if isinstance(image, DicomSeries) else "nifti"
+        if kind == "dicom" and modality_of(image.description) == "swi":  # the description over the folder name
+            modality = "swi"
         out_rel = image_relpath(participant, session, modality)
         subject = subject_from_filename(out_rel)
-        kind = "dicom" if isinstance(image, DicomSeries) else "nifti"
         row = {"source": rel, "kind": kind, "subject": subject}
-        if kind == "dicom" and rel not in rated_by_image:  # an unlisted series is taken by its description
-            choice = choose_series(image.description)
-            if not choice.take:
-                report.append({**row, "status": "skipped", "reason": f"{choice.reason} (series description "
-                               f"{image.description!r}; list it in --points to convert it anyway)"})
-                continue
+        if kind == "dicom":
+            row["description"] = image.description
+            if rel not in rated_by_image and not all_series:  # an unlisted series is taken by its description
+                choice = choose_series(image.description, series_pattern)
+                if not choice.take:
+                    report.append({**row, "status": "skipped",
+                                   "reason": f"{choice.reason}; --all-series takes every series"})
+                    continue
         if not participant or subject in taken:
             why = "no letters or digits in the name" if not participant else f"same BIDS name as {taken[subject]}"
             report.append({**row, "status": "error", "reason": why})

@@ -81,10 +81,11 @@ def check_hounsfield(data: np.ndarray, name: str) -> None:
 
 
 def guess_modality(path: str | Path) -> tuple[str, str]:
-    """('ct' or 'mri', reason): a file with the BIDS suffix ``_ct`` is CT by its name (so that a CT whose
-    values are not HU gets the CT reader's one-line reason); otherwise from the data: a CT in HU has air
-    near -1000 and bone above +300, an MRI magnitude image has no values far below zero."""
-    if re.search(r"_ct\.nii(\.gz)?$", Path(path).name, re.IGNORECASE):
+    """('ct' or 'mri', reason): a BIDS-named file with the suffix ``_ct`` (``sub-01[_ses-1...]_ct.nii.gz``)
+    is CT by its name (so that a CT whose values are not HU gets the CT reader's one-line reason);
+    otherwise from the data: a CT in HU has air near -1000 and bone above +300, an MRI magnitude image
+    has no values far below zero."""
+    if re.fullmatch(r"sub-[^_]+(_[a-z]+-[^_]+)*_ct\.nii(\.gz)?", Path(path).name, re.IGNORECASE):
         return "ct", "CT (BIDS suffix _ct)"
     image = _read_nifti(Path(path))
     try:

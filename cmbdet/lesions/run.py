@@ -158,7 +158,7 @@ def localize_unit(unit: LesionUnit, *, ct_model: LesionModel | None, mri_model: 
                 lesions = localize_lesions(seqs, mri_model)
             reference, arrays, reference_name = seqs.reference, seqs.arrays, seqs.reference_name
             notes.extend(seqs.notes)
-    return lesions, reference, arrays, reference_name, notes_with_warnings(notes, caught)
+    return lesions, reference, arrays, reference_name, notes_with_warnings(notes, caught, sources=[reference.path])
 
 
 def subject_files(subject: str) -> dict[str, str]:
