@@ -5,7 +5,8 @@ No registration tool is needed: the scan's brain mask is matched to the MNI152 b
 the brain (present in every SWI/GRE field of view, unlike the cerebellum). A detection's position is
 mapped through that scaling into MNI space and looked up in `cmbdet.anatomy.mni_region_map`; a point
 just outside the MNI brain takes the nearest region. Good to a few mm for brains in the usual
-near-axial position; strongly tilted heads make it approximate.
+near-axial position; the anchor does not model rotation, so a tilted head shifts the small deep region
+first (`tools/regions_under_tilt.py` measures it).
 
 That anchor needs the top of the brain. When the scan does not show it — a slab of a few slices, or
 a field of view that cuts the vertex, so that brain tissue reaches the top face of the scan — or
