@@ -444,7 +444,11 @@ def _convert(args) -> int:
     for row in result.report:
         if row["status"] == "error":
             print(f"cmbdet: error: {row['source']}: {row['reason']}", file=sys.stderr)
-    return 1 if result.count("error") else 0
+    if not result.count("converted"):  # nothing for detect: say why, with the first reason in the report
+        first = next((r for r in result.report if r["status"] == "skipped"), None)
+        print(f"cmbdet: error: nothing converted from {args.src}"
+              + (f"; e.g. {first['source']}: skipped, {first['reason']}" if first else ""), file=sys.stderr)
+    return 1 if result.count("error") or not result.count("converted") else 0
 
 
 def _phantom_hemorrhage(args) -> int:

@@ -459,6 +459,11 @@ def test_unrated_dicom_folder_detect_says_convert_and_convert_points_needs_no_ra
     assert row["source"] == "patient 7/series5" and row["path"].endswith("_swi.nii.gz")  # suffix from the description
     report = {r["source"]: r for r in _rows(out / "conversion_report.csv")}
     assert report["patient 7/t1"]["status"] == "skipped" and "T1-weighted" in report["patient 7/t1"]["reason"]
+    only_t1 = tmp_path / "t1only"  # nothing susceptibility-weighted: an error that says why, exit 1
+    write_dicom_series(only_t1 / "t1", geometry("axial"), description="T1_MPRAGE_SAG", spots_ras=[])
+    assert main(["convert", "points", str(only_t1), "-o", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert "nothing converted" in err and "T1-weighted" in err and "--all-series" in err
     everything = tmp_path / "all"  # --all-series: as before this rule, every series
     assert main(["convert", "points", str(src), "-o", str(everything), "--all-series"]) == 0
     assert len(_rows(everything / "manifest.csv")) == 2
