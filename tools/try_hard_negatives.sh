@@ -25,10 +25,4 @@ cmbdet train proposer --data "${TRAIN[@]}" --val "${VAL[@]}" --init weights/prop
     --hard-negatives 0.25                                                  # mining 347 s, training 1640 s
 python tools/stage1_recall.py --proposer "$DATA/s12/proposer_hn.safetensors" --data "${TRAIN[@]}" "${VAL[@]}"
 python tools/stage1_recall.py --data "${TRAIN[@]}" "${VAL[@]}"                                 # shipped stage 1
-python tools/train_shape_stage.py --keep-shape --val "${VAL[@]}" --proposer "$DATA/s12/proposer_hn.safetensors" \
-    --max-candidates 150 --cache "$DATA/s12/shapeHN" -o "$DATA/s12/reclassifier_HN.safetensors"
-W="$DATA/s12/weightsHN"
-mkdir -p "$W" && cp weights/*.safetensors "$W/"
-cp "$DATA/s12/proposer_hn.safetensors" "$W/proposer.safetensors"
-cp "$DATA/s12/reclassifier_HN.safetensors" "$W/reclassifier.safetensors"
-python tools/bench_detect.py --family beta --n 30 --seed 7103 --methods stage1+2 --workdir "$DATA/s12/confirm" --weights "$W"
+bash tools/confirm_stage1_variant.sh "$DATA/s12/proposer_hn.safetensors" "$DATA/s12/confirm" "${VAL[@]}"

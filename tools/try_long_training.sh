@@ -15,10 +15,4 @@ VAL=("$DATA/val-beta-s7101" "$DATA/val-beta-s7102")
 cmbdet train proposer --data "${TRAIN[@]}" --val "${VAL[@]}" --init "$DATA/s12/proposer_hn.safetensors" \
     -o "$DATA/s13/proposer_long.safetensors" --steps 3500 --lr 1e-3 --batch-size 8 --seed 13 --hard-negatives 0.25
 python tools/stage1_recall.py --proposer "$DATA/s13/proposer_long.safetensors" --data "${TRAIN[@]}" "${VAL[@]}"
-python tools/train_shape_stage.py --keep-shape --val "${VAL[@]}" --proposer "$DATA/s13/proposer_long.safetensors" \
-    --max-candidates 150 --cache "$DATA/s13/shapeLONG" -o "$DATA/s13/reclassifier_LONG.safetensors"
-W="$DATA/s13/weightsLONG"
-mkdir -p "$W" && cp weights/*.safetensors "$W/"
-cp "$DATA/s13/proposer_long.safetensors" "$W/proposer.safetensors"
-cp "$DATA/s13/reclassifier_LONG.safetensors" "$W/reclassifier.safetensors"
-python tools/bench_detect.py --family beta --n 30 --seed 7103 --methods stage1+2 --workdir "$DATA/s13/confirm" --weights "$W"
+bash tools/confirm_stage1_variant.sh "$DATA/s13/proposer_long.safetensors" "$DATA/s13/confirm" "${VAL[@]}"
