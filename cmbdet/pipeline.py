@@ -74,7 +74,7 @@ class Detector:
         below ``min_stage1`` (or below the threshold, if that is lower) are not kept."""
         from cmbdet.preprocess import prepare_working_image
         from cmbdet.proposer.infer import propose_candidates
-        from cmbdet.regions import assign_regions
+        from cmbdet.regions import anchor_to_mni, assign_regions
 
         working = prepare_working_image(volume, self.proposer.spacing_mm)
         found = propose_candidates(working, self.proposer, max_candidates=self.max_candidates,
@@ -83,7 +83,7 @@ class Detector:
             from cmbdet.reclassifier.infer import reclassify
 
             found = reclassify(volume, found, self.reclassifier)
-        return assign_regions(found.sorted_by_score(), working.mask, working.affine)
+        return assign_regions(found.sorted_by_score(), anchor_to_mni(working.mask, working.affine))
 
 
 def select_detections(candidates: Detections, threshold: float) -> Detections:

@@ -35,7 +35,9 @@ def test_detect_writes_the_output_contract_in_the_input_grid(scan_dir, random_we
         rows = [r for r in detections if r["subject"] == subject]
         count = next(r for r in counts if r["subject"] == subject)
         assert int(count["n_cmb"]) == len(rows) > 0
-        assert sum(int(count[f"n_{g}"]) for g in ("lobar", "deep", "infratentorial")) == len(rows)
+        regions = ("lobar", "deep", "infratentorial", "unknown")
+        assert all(r["region"] in regions for r in rows)
+        assert [int(count[f"n_{g}"]) for g in regions] == [sum(r["region"] == g for r in rows) for g in regions]
         ijk = np.array([[int(r["i"]), int(r["j"]), int(r["k"])] for r in rows])
         xyz = np.array([[float(r["x_mm"]), float(r["y_mm"]), float(r["z_mm"])] for r in rows])
         assert np.all((ijk >= 0) & (ijk < source.shape))

@@ -8,8 +8,11 @@ rotations on top of the phantom's own pose (the image's affine is rotated about 
 the head is tilted in the scanner), e.g. ``--tilt pitch:10 roll:-8 yaw:15``. Prints, per set and
 rotation: microbleeds, the share given a region (not ``unknown``), the share of those given their
 true region (overall, lobar, deep, infratentorial), and the median seconds per scan spent anchoring.
+``--slab-mm 66 80`` instead keeps, of each untilted scan's brain mask, only slabs of that many mm of
+brain (at the top, middle and bottom of the brain; partial coverage) and scores the microbleeds
+inside each slab.
 
-    python tools/region_accuracy.py --data SET [SET...] [--n 30] [--tilt none pitch:10 ...]
+    python tools/region_accuracy.py --data SET [SET...] [--n 30] [--tilt none pitch:10 ...] [--slab-mm MM ...]
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from scipy.spatial.transform import Rotation
 from cmbdet.detections import Detections
 from cmbdet.preprocess import prepare_working_image
 from cmbdet.proposer.infer import DEFAULT_SPACING_MM
-from cmbdet.regions import UNKNOWN, assign_regions
+from cmbdet.regions import UNKNOWN, anchor_to_mni, assign_regions
 from cmbdet.training_data import read_labelled_set
 from cmbdet.volume import load_volume
 
@@ -55,34 +58,66 @@ def tilt_matrix(spec: str, centre_mm: np.ndarray) -> np.ndarray:
     return world
 
 
+SLAB_PLACES = ("top", "middle", "bottom")
+
+
+def slab(mask: np.ndarray, affine: np.ndarray, mm: float, where: str, xyz: np.ndarray):
+    """(the mask cut to ``mm`` of brain along k at ``where``, its affine, which of ``xyz`` lie in it),
+    or (None, None, None) when the brain is not taller than ``mm``."""
+    slices = np.flatnonzero(mask.any(axis=(0, 1)))
+    n = int(round(mm / float(np.sqrt((affine[:3, 2] ** 2).sum()))))
+    if len(slices) == 0 or n >= slices[-1] - slices[0] + 1:
+        return None, None, None
+    low = {"top": slices[-1] - n + 1, "middle": (slices[0] + slices[-1] - n) // 2, "bottom": slices[0]}[where]
+    cut = affine.copy()
+    cut[:3, 3] = apply_affine(affine, [0, 0, low])
+    k = apply_affine(np.linalg.inv(affine), xyz)[:, 2]
+    return mask[:, :, low:low + n], cut, (k >= low - 0.5) & (k < low + n - 0.5)
+
+
+def score(pairs: list, seconds: list, xyz: np.ndarray, want: list[str], mask: np.ndarray, affine: np.ndarray) -> None:
+    start = time.perf_counter()
+    found = assign_regions(Detections(xyz, np.ones(len(xyz)), np.full(len(xyz), 3.0)), anchor_to_mni(mask, affine))
+    seconds.append(time.perf_counter() - start)
+    pairs.extend(zip(found.region, want, strict=True))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", type=Path, required=True)
     parser.add_argument("--n", type=int, default=30, help="at most this many scans with CMBs per set")
     parser.add_argument("--tilt", nargs="+", default=["none"])
+    parser.add_argument("--slab-mm", nargs="+", type=float, default=[])
     args = parser.parse_args(argv)
-    print("| set | rotation | CMBs | given a region | right (of those) | lobar | deep | infratentorial | s/scan |")
+    cases = [f"slab {mm:g} mm {where}" for mm in args.slab_mm for where in SLAB_PLACES] or args.tilt
+    print("| set | case | CMBs | given a region | right (of those) | lobar | deep | infratentorial | s/scan |")
     print("|---|---|---|---|---|---|---|---|---|")
     for folder in args.data:
         truth = truth_regions(folder)
         scans = [s for s in read_labelled_set(folder) if s.subject in truth][: args.n]
-        results: dict[str, list[tuple[str, str]]] = {spec: [] for spec in args.tilt}
-        seconds: dict[str, list[float]] = {spec: [] for spec in args.tilt}
+        results: dict[str, list[tuple[str, str]]] = {case: [] for case in cases}
+        seconds: dict[str, list[float]] = {case: [] for case in cases}
         for scan in scans:
             volume = load_volume(scan.image_path)
             centre = apply_affine(volume.affine, (np.array(volume.shape) - 1) / 2.0)
             xyz = np.array([p for p, _ in truth[scan.subject]])
             want = [r for _, r in truth[scan.subject]]
+            if args.slab_mm:
+                working = prepare_working_image(volume, DEFAULT_SPACING_MM)
+                for mm in args.slab_mm:
+                    for where in SLAB_PLACES:
+                        case = f"slab {mm:g} mm {where}"
+                        mask, affine, keep = slab(working.mask, working.affine, mm, where, xyz)
+                        if mask is None or not keep.any():
+                            continue
+                        score(results[case], seconds[case], xyz[keep], [w for w, k in zip(want, keep) if k], mask,
+                              affine)
+                continue
             for spec in args.tilt:
                 world = tilt_matrix(spec, centre)
                 working = prepare_working_image(replace(volume, affine=world @ volume.affine), DEFAULT_SPACING_MM)
-                points = apply_affine(world, xyz)
-                start = time.perf_counter()
-                found = assign_regions(Detections(points, np.ones(len(points)), np.full(len(points), 3.0)),
-                                       working.mask, working.affine)
-                seconds[spec].append(time.perf_counter() - start)
-                results[spec].extend(zip(found.region, want, strict=True))
-        for spec in args.tilt:
+                score(results[spec], seconds[spec], apply_affine(world, xyz), want, working.mask, working.affine)
+        for spec in cases:
             pairs = results[spec]
             known = [(got, want) for got, want in pairs if got != UNKNOWN]
 

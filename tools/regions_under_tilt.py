@@ -21,7 +21,7 @@ from scipy.spatial.transform import Rotation
 
 from cmbdet.anatomy import mni_region_map, mni_template
 from cmbdet.detections import Detections
-from cmbdet.regions import REGION_NAMES, assign_regions
+from cmbdet.regions import REGION_NAMES, anchor_to_mni, assign_regions
 
 ROTATIONS = (("none", "x", 0), ("pitch", "x", 10), ("pitch", "x", -10), ("pitch", "x", 20), ("pitch", "x", -20),
              ("roll", "y", 10), ("yaw", "z", 10), ("yaw", "z", 20))
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         back = np.linalg.inv(affine) @ np.linalg.inv(world) @ affine
         tilted = ndimage.affine_transform(padded.astype(np.float32), back[:3, :3], back[:3, 3], order=1) > 0.5
         found = assign_regions(Detections(apply_affine(world, xyz), np.ones(len(xyz)), np.full(len(xyz), 3.0)),
-                               tilted, affine)
+                               anchor_to_mni(tilted, affine))
         right = found.region == truth
         shares = [right.mean()] + [right[truth == r].mean() for r in ("lobar", "deep", "infratentorial")]
         print(f"| {name} | {degrees:+d} | " + " | ".join(f"{s:.3f}" for s in shares) + " |", flush=True)

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from cmbdet.anatomy import mni_maps
 from cmbdet.detections import Detections
-from cmbdet.regions import assign_regions, subject_to_mni
+from cmbdet.regions import MniAnchor, anchor_to_mni, assign_regions
 from cmbdet.volume import Volume
 
 LESION_COLUMNS = ("subject", "lesion_id", "x_mm", "y_mm", "z_mm", "volume_ml", "abc2_ml",
@@ -101,8 +101,11 @@ def measure_lesions(volume: Volume, labels: np.ndarray, scores: np.ndarray, brai
         abc2[index] = abc_over_2_ml(sub, spacing)
     diameter = 2.0 * (3.0 * vol * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
     found = Detections(xyz, np.asarray(scores, float).reshape(n), diameter)
-    region = assign_regions(found, brain_mask, mask_affine).region if n else np.zeros(0, dtype=object)
-    ivh = intraventricular(volume, labels, n, brain_mask, mask_affine)
+    if n == 0:
+        region, ivh = np.zeros(0, dtype=object), np.zeros(0, dtype=int)
+    else:
+        anchor = anchor_to_mni(brain_mask, mask_affine)
+        region, ivh = assign_regions(found, anchor).region, intraventricular(volume, labels, n, anchor)
     return Lesions(labels=labels.astype(np.int16), xyz_mm=xyz, volume_ml=vol, abc2_ml=abc2, bbox_min_mm=lo,
                    bbox_max_mm=hi, score=np.asarray(scores, float).reshape(n), region=region, ivh=ivh)
 
@@ -146,23 +149,23 @@ def _diameters(points: np.ndarray, pixel_mm: np.ndarray) -> tuple[float, float]:
     return a_len, b_len
 
 
-def intraventricular(volume: Volume, labels: np.ndarray, n: int, brain_mask: np.ndarray,
-                     mask_affine: np.ndarray, *, min_fraction: float = 0.1) -> np.ndarray:
+def intraventricular(volume: Volume, labels: np.ndarray, n: int, anchor: MniAnchor, *,
+                     min_fraction: float = 0.1) -> np.ndarray:
     """(N,) int: 1 when at least ``min_fraction`` of a lesion's voxels fall in the lateral or third
-    ventricles, located by scaling the brain to MNI (`cmbdet.regions.subject_to_mni`)."""
+    ventricles, located through the brain's fit to MNI (``anchor``, `cmbdet.regions.anchor_to_mni`);
+    0 for every lesion when the anchor could not be fitted."""
     out = np.zeros(n, dtype=int)
-    if n == 0:
+    if n == 0 or anchor.to_mni is None:
         return out
     maps = mni_maps(2)
     ventricles = maps.d_vent < 1.0
-    scale, offset = subject_to_mni(brain_mask, mask_affine)
     step = max(1, int(round(1.5 / float(volume.spacing_mm.min()))))
     sub = labels[::step, ::step, ::step]
     for index in range(n):
         ijk = np.argwhere(sub == index + 1) * step
         if len(ijk) == 0:
             ijk = np.argwhere(labels == index + 1)
-        mni = volume.ijk_to_xyz_mm(ijk) * scale + offset
+        mni = anchor.mni_mm(volume.ijk_to_xyz_mm(ijk))
         vox = np.clip(np.rint(maps.mm_to_vox(mni)).astype(int), 0, np.array(maps.shape) - 1)
         out[index] = int(ventricles[tuple(vox.T)].mean() >= min_fraction)
     return out
