@@ -1,13 +1,15 @@
 """MARS location of each detection: lobar, deep or infratentorial (Gregoire et al. 2009).
 
 No registration tool is needed: the MNI152 brain mask is fitted into the scan's brain mask by a
-rotation (up to `MAX_TILT_RAD` about each axis), a translation and three scales (`SCALE_RANGE`) —
-smoothed masks compared on a `FIT_GRID_MM` grid at the scan's brain outline and across the rest of
-its field of view, MNI brain outside the field of view not counted. So a tilted head, a field of view
-that cuts the vertex or the cerebellum, and a brain larger or smaller than MNI's are taken as they
-are. Brain masks of SWI/GRE often reach into the face and neck; scan brain where MNI has none costs
-`LEAK_WEIGHT` of the reverse, so such a leak does not pull the fit. Weak priors toward an upright
-head of MNI's size settle fields of view that cut both ends of the brain. About 0.4 s per scan.
+rotation (each rotation-vector component up to `MAX_TILT_RAD`), a translation and three scales
+(`SCALE_RANGE`) — smoothed masks compared on a `FIT_GRID_MM` grid at the scan's brain outline and
+across the rest of its field of view, MNI brain outside the field of view not counted. So a tilted
+head, a field of view that cuts the vertex or the cerebellum, and a brain larger or smaller than
+MNI's are taken as they are. Brain masks of SWI/GRE often reach into the face and neck; scan brain
+where MNI has none costs `LEAK_WEIGHT` of the reverse, so such a leak does not pull the fit. Small
+priors toward an upright head of MNI's size settle fields of view that cut both ends of the brain
+(they also pull a head pitched 25° back by a few degrees). Four fits (as the header says and turned
+180° about each axis), about 1.3 s per scan.
 
 A detection's position is mapped through the inverse of that fit into MNI space and looked up in
 `cmbdet.anatomy.mni_region_map`; a point just outside the MNI brain takes the nearest region. An
@@ -15,10 +17,11 @@ affine fit does not follow every individual difference (large ventricles, atroph
 a few mm of a region's border can fall on the wrong side (`tools/region_accuracy.py` measures
 agreement with phantom truth, `tools/regions_under_tilt.py` with a rotated MNI brain).
 
-When the scan shows too little brain for the fit to be determined — less than `MIN_BRAIN_MM` along
-the slice axis, e.g. a slab of a few slices — or the fitted MNI brain overlaps the scan's brain mask
-poorly (a failed mask, Dice below `MIN_OVERLAP`), no region is guessed: every detection gets
-``region = "unknown"`` (counted as ``n_unknown``) and the anchor's note says why.
+No region is guessed — every detection gets ``region = "unknown"`` (counted as ``n_unknown``) and the
+anchor's note says why — when the scan shows less than `MIN_BRAIN_MM` of brain along any axis (a
+slab), when the fit ends at a limit of tilt or size, when the brain fits clearly better turned 180°
+than as the orientation header says (a wrong header), or when the fitted MNI brain overlaps the
+scan's brain mask poorly (a failed mask, Dice below `MIN_OVERLAP`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from cmbdet.detections import Detections
 
 REGION_NAMES = {1: "lobar", 2: "deep", 3: "infratentorial"}
 UNKNOWN = "unknown"
-#: Brain extent (mm, along the scan's slice axis) below which the fit is not trusted.
+#: Brain extent (mm, along any axis of the mask) below which the fit is not tried.
 MIN_BRAIN_MM = 60.0
 #: Dice of the fitted MNI brain and the scan's brain mask (inside the field of view) below which
 #: the fit is not trusted.
@@ -51,13 +54,13 @@ SCALE_RANGE = (0.75, 1.35)
 MAX_TILT_RAD = float(np.deg2rad(30.0))
 #: Weight of a mismatch where the scan's mask has brain and MNI has none (1 for the reverse).
 LEAK_WEIGHT = 0.2
-#: Weak priors (added to the weighted mean squared mismatch, per rad^2 of rotation and per squared
-#: log scale) toward an upright head of MNI152's size.
+#: Priors (added to the weighted mean squared mismatch, per rad^2 of rotation and per squared log
+#: scale) toward an upright head of MNI152's size.
 ROTATION_PRIOR = 0.01
 SCALE_PRIOR = 0.05
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MniAnchor:
     """How a scan's brain lies relative to MNI152: ``to_mni`` (4, 4) scanner RAS mm -> MNI mm, or
     None with ``note`` saying why regions cannot be anchored. ``overlap``: Dice of the fitted MNI
@@ -68,6 +71,9 @@ class MniAnchor:
     overlap: float = 0.0
 
     def mni_mm(self, xyz_mm: np.ndarray) -> np.ndarray:
+        """(N, 3) MNI mm of scanner RAS mm points (N, 3); only for a fitted anchor."""
+        if self.to_mni is None:
+            raise ValueError(f"no MNI anchor: {self.note}")
         return apply_affine(self.to_mni, np.asarray(xyz_mm, float).reshape(-1, 3))
 
 
@@ -124,37 +130,34 @@ def _nearest_region_map() -> tuple[np.ndarray, np.ndarray]:
     return labels[tuple(index)], affine
 
 
-def _brain_extent_mm(mask: np.ndarray, mask_affine: np.ndarray) -> float:
-    slices = np.flatnonzero(mask.any(axis=(0, 1)))
-    return 0.0 if len(slices) == 0 else float((slices[-1] - slices[0] + 1) * voxel_sizes(mask_affine)[2])
+def _brain_extent_mm(mask: np.ndarray, mask_affine: np.ndarray) -> np.ndarray:
+    """(3,) mm of brain along the mask's i, j and k axes."""
+    extent = np.zeros(3)
+    for axis in range(3):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if len(present):
+            extent[axis] = (present[-1] - present[0] + 1) * voxel_sizes(mask_affine)[axis]
+    return extent
 
 
-def anchor_to_mni(mask: np.ndarray, mask_affine: np.ndarray) -> MniAnchor:
-    """Fit MNI152 to a brain mask ((I, J, K) bool, RAS-canonical, k to superior; its voxel -> scanner
-    RAS mm affine); see the module docstring. Deterministic."""
-    if not mask.any():
-        return MniAnchor(None, "no brain found: regions not assigned (region=unknown)")
-    extent = _brain_extent_mm(mask, mask_affine)
-    if extent < MIN_BRAIN_MM:
-        return MniAnchor(None, f"the scan shows only {extent:.0f} mm of brain (partial coverage): MARS regions "
-                               "cannot be anchored, region=unknown")
-    mni, scan = _mni_brain(), _coarse_mask(mask, mask_affine)
-    mni_centre, scan_centre = mni.centre_mm(), scan.centre_mm()
-    mni_to_voxel = np.linalg.inv(mni.affine)
-    # where the masks are compared: the scan's brain outline and as many other voxels of the field of
-    # view (they catch MNI brain where the scan shows none); MNI brain outside the field of view is not
-    # compared, so a cut vertex or cerebellum costs nothing
-    near_outline = (scan.smooth > 0.02) & (scan.smooth < 0.98)
-    voxels = np.concatenate([_at_most(np.argwhere(near_outline), FIT_POINTS, np.random.default_rng(0)),
-                             _at_most(np.argwhere(~near_outline), FIT_POINTS, np.random.default_rng(1))])
-    points_mm, values = apply_affine(scan.affine, voxels), scan.smooth[tuple(voxels.T)]
+@dataclass(frozen=True)
+class _Fit:
+    linear: np.ndarray  # (3, 3) MNI mm -> scan mm, without the shift
+    shift_mm: np.ndarray
+    cost: float
+    at_limit: bool  # a rotation or scale ended at (within 2 % of) its bound
 
-    def mni_to_scan(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+def _fit_mni(mni: _CoarseMask, points_mm: np.ndarray, values: np.ndarray, centre_mm: np.ndarray) -> _Fit:
+    """MNI152 fitted to the scan's smoothed mask ``values`` at ``points_mm`` (see the module docstring)."""
+    mni_centre, mni_to_voxel = mni.centre_mm(), np.linalg.inv(mni.affine)
+
+    def mni_to_scan(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         # x: rotation vector, translation (cm), scales; rotation and scales bounded (`_bounded`)
         rotvec, scales = _bounded(x[:3], -MAX_TILT_RAD, MAX_TILT_RAD), _bounded_scale(x[6:9])
         linear = Rotation.from_rotvec(rotvec).as_matrix() @ np.diag(scales)
         prior = ROTATION_PRIOR * float(rotvec @ rotvec) + SCALE_PRIOR * float(np.sum(np.log(scales) ** 2))
-        return linear, scan_centre + 10.0 * x[3:6] - linear @ mni_centre, prior
+        return linear, centre_mm + 10.0 * x[3:6] - linear @ mni_centre, prior
 
     def mismatch(x: np.ndarray) -> float:
         linear, shift, prior = mni_to_scan(x)
@@ -164,17 +167,61 @@ def anchor_to_mni(mask: np.ndarray, mask_affine: np.ndarray) -> MniAnchor:
         return float(np.mean(np.where(excess > 0, LEAK_WEIGHT, 1.0) * excess**2)) + prior
 
     starts = [np.r_[np.zeros(5), dz_cm, np.zeros(3)] for dz_cm in np.arange(-4.0, 4.01, 0.8)]
-    start = min(starts, key=mismatch)
-    fitted = optimize.minimize(mismatch, start, method="Powell", options={"xtol": 1e-2, "ftol": 1e-4, "maxfev": 3000})
+    fitted = optimize.minimize(mismatch, min(starts, key=mismatch), method="Powell",
+                               options={"xtol": 1e-2, "ftol": 1e-4, "maxfev": 3000})
     linear, shift, _ = mni_to_scan(fitted.x)
+    at_limit = bool(np.any(np.abs(np.tanh(fitted.x[[0, 1, 2, 6, 7, 8]])) > 0.98))
+    return _Fit(linear, shift, float(fitted.fun), at_limit)
+
+
+#: Half turns (about left-right, anterior-posterior, superior-inferior) that a wrong orientation
+#: header can hide: a brain that fits MNI152 clearly better turned (mismatch below `TURNED_MARGIN`
+#: times the upright fit's) is not anchored. Masks that leak into the face and neck leave the upright
+#: fit only 3-25 % ahead of the turned ones on the `classic` phantoms, so a smaller lead is not
+#: taken as a wrong header.
+HALF_TURNS = (np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0]))
+TURNED_MARGIN = 0.85
+
+
+def anchor_to_mni(mask: np.ndarray, mask_affine: np.ndarray) -> MniAnchor:
+    """Fit MNI152 to a brain mask ((I, J, K) bool, RAS-canonical, k to superior; its voxel -> scanner
+    RAS mm affine); see the module docstring. Deterministic."""
+    if not mask.any():
+        return MniAnchor(None, "no brain found: regions not assigned (region=unknown)")
+    extent = _brain_extent_mm(mask, mask_affine)
+    if extent.min() < MIN_BRAIN_MM:
+        axis = ("left-right", "anterior-posterior", "superior-inferior")[int(np.argmin(extent))]
+        return MniAnchor(None, f"the scan shows only {extent.min():.0f} mm of brain {axis} (partial coverage): "
+                               "MARS regions cannot be anchored, region=unknown")
+    mni, scan = _mni_brain(), _coarse_mask(mask, mask_affine)
+    brain = scan.fraction > 0.5
+    if not brain.any():
+        return MniAnchor(None, "too little brain on the 6 mm fitting grid: MARS regions cannot be anchored, "
+                               "region=unknown")
+    centre = scan.centre_mm()
+    # where the masks are compared: the scan's brain outline and as many other voxels of the field of
+    # view (they catch MNI brain where the scan shows none); MNI brain outside the field of view is not
+    # compared, so a cut vertex or cerebellum costs nothing
+    near_outline = (scan.smooth > 0.02) & (scan.smooth < 0.98)
+    voxels = np.concatenate([_at_most(np.argwhere(near_outline), FIT_POINTS, np.random.default_rng(0)),
+                             _at_most(np.argwhere(~near_outline), FIT_POINTS, np.random.default_rng(1))])
+    points_mm, values = apply_affine(scan.affine, voxels), scan.smooth[tuple(voxels.T)]
+    fit = _fit_mni(mni, points_mm, values, centre)
+    if fit.at_limit:
+        return MniAnchor(None, "the brain mask fits MNI152 only at the limits of head tilt or brain size: MARS "
+                               "regions not assigned, region=unknown")
+    for turn in HALF_TURNS:
+        if _fit_mni(mni, centre + (points_mm - centre) @ turn, values, centre).cost < TURNED_MARGIN * fit.cost:
+            return MniAnchor(None, "the brain fits MNI152 better turned 180 degrees than as the image's orientation "
+                                   "header says: check the header; MARS regions not assigned, region=unknown")
     forward = np.eye(4)
-    forward[:3, :3], forward[:3, 3] = linear, shift
+    forward[:3, :3], forward[:3, 3] = fit.linear, fit.shift_mm
     to_mni = np.linalg.inv(forward)
     # Dice of the fitted MNI brain and the scan's brain inside the field of view, on the coarse grid
     grid = np.indices(scan.smooth.shape).reshape(3, -1)
-    mni_there = ndimage.map_coordinates(mni.smooth, apply_affine(mni_to_voxel @ to_mni @ scan.affine, grid.T).T,
-                                        order=1, cval=0.0).reshape(scan.smooth.shape) > 0.5
-    brain = scan.fraction > 0.5
+    mni_there = ndimage.map_coordinates(
+        mni.smooth, apply_affine(np.linalg.inv(mni.affine) @ to_mni @ scan.affine, grid.T).T, order=1,
+        cval=0.0).reshape(scan.smooth.shape) > 0.5
     overlap = float(2.0 * (mni_there & brain).sum() / max(int(mni_there.sum() + brain.sum()), 1))
     if overlap < MIN_OVERLAP:
         return MniAnchor(None, f"the brain mask does not match a brain's shape (overlap {overlap:.2f} with the "

@@ -11,9 +11,10 @@ from cmbdet.errors import InputError
 from cmbdet.lesions.ct import ct_brain_mask, guess_modality, load_ct_volume
 from cmbdet.lesions.infer import classical_ct_lesions
 from cmbdet.lesions.mri import group_mri_files, sequence_of
-from cmbdet.lesions.result import abc_over_2_ml
+from cmbdet.lesions.result import abc_over_2_ml, measure_lesions
 from cmbdet.phantom.ct import make_ct_subject
 from cmbdet.phantom.ct.lesion import EXPANSION_FRACTION, EXPANSION_ML, Hematoma, radius_scale
+from cmbdet.volume import volume_from_image
 
 
 def tiny_ct_head(affine: np.ndarray, shape=(60, 70, 40), blob_mm=(12.0, 6.0, 4.0), blob_radius_mm=9.0,
@@ -269,3 +270,18 @@ def test_a_lesion_the_refinement_would_empty_keeps_the_networks_mask():
     labels[12:15, 12:15, 3] = 2  # one slice, 40 HU
     refined = refine_with_density(hu, labels, np.array([0.5, 0.5, 5.0]))
     assert (refined[2:6, 2:6, 1:4] == 1).all() and ((refined == 2) == (labels == 2)).all()
+
+
+def test_a_lesion_on_a_slab_gets_unknown_region_and_the_reason():
+    # 12 slices of 2 mm: too little brain to anchor MARS regions; the lesion is measured all the same
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    data = np.random.default_rng(0).normal(40.0, 3.0, (80, 90, 12)).astype(np.float32)
+    volume = volume_from_image(nib.Nifti1Image(data, affine))
+    labels = np.zeros(volume.shape, np.int16)
+    labels[40:45, 40:45, 4:8] = 1
+    brain = np.zeros(volume.shape, bool)
+    brain[10:70, 10:80, :] = True
+    lesions = measure_lesions(volume, labels, np.array([0.9]), brain, volume.affine)
+    assert list(lesions.region) == ["unknown"] and list(lesions.ivh) == [0]
+    assert len(lesions.notes) == 1 and "partial coverage" in lesions.notes[0] and "ivh=0" in lesions.notes[0]
+    assert lesions.volume_ml[0] == pytest.approx(100 * 8 / 1000)

@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from cmbdet.cli import main
@@ -36,3 +37,19 @@ def test_shipped_detector_finds_the_sample_microbleeds(tmp_path, capsys):
         nearest = int(np.argmin(distance))
         agree += bool(distance[nearest] <= 3.0 and found[nearest]["region"] == cmb["region"])
     assert agree >= 4, [r["region"] for r in found]
+
+
+def test_a_sample_turned_against_its_header_is_detected_and_told_to_check_the_header(tmp_path):
+    # the array turned 180 degrees about left-right, the header kept: what a wrong orientation header does
+    source = nib.load(ROOT / "data" / "sample_swi.nii.gz")
+    data = np.asarray(source.dataobj)
+    for world_axis in (1, 2):
+        data = np.flip(data, axis=int(np.argmax(np.abs(source.affine[world_axis, :3]))))
+    turned = tmp_path / "turned_swi.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), source.affine, source.header), turned)
+    out = tmp_path / "out"
+    assert main(["detect", str(turned), "-o", str(out)]) == 0
+    with open(out / "counts.csv", newline="") as handle:
+        (count,) = list(csv.DictReader(handle))
+    assert int(count["n_cmb"]) >= 4 and count["n_unknown"] == count["n_cmb"]
+    assert "check the header" in count["message"]

@@ -41,6 +41,8 @@ class Lesions:
     score: np.ndarray
     region: np.ndarray
     ivh: np.ndarray
+    #: What the measurements could not do (e.g. why regions are unknown).
+    notes: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.score)
@@ -102,12 +104,13 @@ def measure_lesions(volume: Volume, labels: np.ndarray, scores: np.ndarray, brai
     diameter = 2.0 * (3.0 * vol * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
     found = Detections(xyz, np.asarray(scores, float).reshape(n), diameter)
     if n == 0:
-        region, ivh = np.zeros(0, dtype=object), np.zeros(0, dtype=int)
+        region, ivh, notes = np.zeros(0, dtype=object), np.zeros(0, dtype=int), ()
     else:
         anchor = anchor_to_mni(brain_mask, mask_affine)
         region, ivh = assign_regions(found, anchor).region, intraventricular(volume, labels, n, anchor)
+        notes = (anchor.note + "; ivh=0",) if anchor.note else ()
     return Lesions(labels=labels.astype(np.int16), xyz_mm=xyz, volume_ml=vol, abc2_ml=abc2, bbox_min_mm=lo,
-                   bbox_max_mm=hi, score=np.asarray(scores, float).reshape(n), region=region, ivh=ivh)
+                   bbox_max_mm=hi, score=np.asarray(scores, float).reshape(n), region=region, ivh=ivh, notes=notes)
 
 
 def abc_over_2_ml(mask: np.ndarray, spacing_mm: np.ndarray) -> float:

@@ -158,6 +158,7 @@ def localize_unit(unit: LesionUnit, *, ct_model: LesionModel | None, mri_model: 
                 lesions = localize_lesions(seqs, mri_model)
             reference, arrays, reference_name = seqs.reference, seqs.arrays, seqs.reference_name
             notes.extend(seqs.notes)
+    notes.extend(lesions.notes)
     return lesions, reference, arrays, reference_name, notes_with_warnings(notes, caught, sources=[reference.path])
 
 
