@@ -93,6 +93,8 @@ class _CoarseMask:
 def _coarse_mask(mask: np.ndarray, affine: np.ndarray) -> _CoarseMask:
     factor = np.maximum(np.round(FIT_GRID_MM / voxel_sizes(affine)).astype(int), 1)
     factor = np.minimum(factor, np.maximum(np.array(mask.shape) // 2, 1))  # at least 2 coarse voxels a side
+    # the last partial block of each axis is dropped: zero padding (as preprocess._block_mean does for the
+    # bias field) would draw a brain edge at a face where the field of view cuts the brain
     shape = np.array(mask.shape) // factor
     cut = mask[: shape[0] * factor[0], : shape[1] * factor[1], : shape[2] * factor[2]]
     fraction = cut.reshape(shape[0], factor[0], shape[1], factor[1], shape[2], factor[2]).mean(
