@@ -96,14 +96,11 @@ def lesion_features(task: str, reference: Volume, arrays: dict[str, np.ndarray],
         mask = lesions.labels == n
         if not mask.any():
             continue
-        centre = np.argwhere(mask).mean(axis=0)
-        z0 = largest_section_mm(mask, spacing, centre)
         if task == "expansion":
-            slices = [sample_axial(images["ct"], spacing, centre, z0 + dz, PIXEL_MM[task]) for dz in SLICE_OFFSETS_MM]
-            lo, hi = CT_WINDOW_HU
-            channels = [np.clip((s - lo) / (hi - lo), 0.0, 1.2) for s in slices]
-            present = np.ones(len(MRI_SEQUENCES))
+            crop, present = expansion_crop(images["ct"], mask, spacing), np.ones(len(MRI_SEQUENCES))
         else:
+            centre = np.argwhere(mask).mean(axis=0)
+            z0 = largest_section_mm(mask, spacing, centre)
             channels, present = [], np.zeros(len(MRI_SEQUENCES))
             for index, name in enumerate(MRI_SEQUENCES):
                 if name not in images:
@@ -113,15 +110,29 @@ def lesion_features(task: str, reference: Volume, arrays: dict[str, np.ndarray],
                 section = sample_axial(images[name], spacing, centre, z0, PIXEL_MM[task])
                 around = sample_axial(mask.astype(np.float32), spacing, centre, z0, PIXEL_MM[task]) < 0.5
                 channels.append(np.clip(section / _tissue_level(section, around), 0.0, 4.0))
-        channels.append(sample_axial(mask.astype(np.float32), spacing, centre, z0, PIXEL_MM[task]))
+            channels.append(sample_axial(mask.astype(np.float32), spacing, centre, z0, PIXEL_MM[task]))
+            crop = np.stack(channels).astype(np.float32)
         others = (lesions.labels > 0) & ~mask
         values, names = (radiomics_vector(task, images, mask, spacing, others) if radiomics else (np.zeros(0), ()))
         perturbed = None
         if radiomics and perturb is not None and task == "expansion":
             perturbed = perturbed_ct_radiomics(perturb, images["ct"], mask, others, spacing)[0]
-        out.append(LesionFeatures(n, np.stack(channels).astype(np.float32), values, names, present,
+        out.append(LesionFeatures(n, crop, values, names, present,
                                   float(lesions.volume_ml[n - 1]), len(lesions), perturbed))
     return out
+
+
+def expansion_crop(hu: np.ndarray, mask: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
+    """(6, P, P) float32 expansion crop of one hematoma (``mask``) in a canonical CT (HU, voxel sizes
+    ``spacing_mm``): its largest axial cross-section and the slices 1 and 2 mm above and below, windowed,
+    and the mask on the largest section (see the module docstring)."""
+    centre = np.argwhere(mask).mean(axis=0)
+    z0 = largest_section_mm(mask, spacing_mm, centre)
+    lo, hi = CT_WINDOW_HU
+    channels = [np.clip((sample_axial(hu, spacing_mm, centre, z0 + dz, PIXEL_MM["expansion"]) - lo) / (hi - lo),
+                        0.0, 1.2) for dz in SLICE_OFFSETS_MM]
+    channels.append(sample_axial(mask.astype(np.float32), spacing_mm, centre, z0, PIXEL_MM["expansion"]))
+    return np.stack(channels).astype(np.float32)
 
 
 def largest_section_mm(mask: np.ndarray, spacing_mm: np.ndarray, centre_ijk: np.ndarray) -> float:
