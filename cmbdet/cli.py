@@ -200,6 +200,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--spacing-mm", type=float, default=1.0, help="working grid of the network (mm, isotropic)")
+    p.add_argument("--width", type=int, help="channels of the network's first level, from scratch (default 8, "
+                                             "the shipped network's; each level doubles it)")
     p.add_argument("--init", help="start from these proposer weights (fine-tuning, e.g. the shipped ones on "
                                   "your data); their width and working grid are kept")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
@@ -650,6 +652,9 @@ def _train_proposer(args) -> int:
         raise InputError(None, f"--hard-negatives must be a fraction in [0, 0.5], got {args.hard_negatives}")
     if args.hard_negatives and not args.init:
         raise InputError(None, "--hard-negatives mines with the --init weights: give --init too")
+    if args.width is not None and (args.init or not 2 <= args.width <= 64):
+        raise InputError(None, "--width sets a new network (2-64 channels); --init keeps the width of its weights"
+                         if args.init else f"--width must be 2-64 channels, got {args.width}")
     scans = [s for source in args.data for s in read_labelled_set(source, args.truth)]
     rng = np.random.default_rng(args.seed)
     if args.val:
@@ -665,6 +670,7 @@ def _train_proposer(args) -> int:
         prepared = mine_hard_negatives(prepared, load_proposer(args.init, device=args.device), log=log)
     proposer = train_proposer(prepared, rng, steps=args.steps, batch_size=args.batch_size, device=args.device,
                               spacing_mm=spacing_mm, lr=args.lr, init=init, log=log, progress=bar,
+                              width=args.width or 8,
                               min_target_sigma_mm=args.min_target_sigma_mm,
                               hard_negative_fraction=args.hard_negatives)
     proposer.metadata.update(seed=args.seed, training_data=describe_sources(args.data, train),

@@ -29,9 +29,10 @@ def tiny_validation(tmp_path_factory):
 def test_train_both_stages_then_detect_and_evaluate(tiny_phantoms, tiny_validation, tmp_path, capsys):
     weights = tmp_path / "weights"
     assert main(["train", "proposer", "--data", str(tiny_phantoms), "-o", str(weights / "proposer.safetensors"),
-                 "--steps", "4", "--batch-size", "2", "--seed", "3", "--spacing-mm", "2"]) == 0
+                 "--steps", "4", "--batch-size", "2", "--seed", "3", "--spacing-mm", "2", "--width", "4"]) == 0
     _, meta = load_state(weights / "proposer.safetensors")
     assert meta["kind"] == "proposer" and meta["steps"] == 4 and meta["seed"] == 3 and meta["spacing_mm"] == 2
+    assert meta["width"] == 4  # --width builds a network of that width (detect reads it from the metadata)
     assert 0.0 <= meta["val_recall_at_max_candidates"] <= 1.0  # held-out scans were scored
     # fine-tuning from those weights keeps their working grid and records the earlier round; with
     # --hard-negatives the first weights' own false candidates are mined on the training scans first
@@ -41,7 +42,7 @@ def test_train_both_stages_then_detect_and_evaluate(tiny_phantoms, tiny_validati
                  "--val", str(tiny_validation), "--hard-negatives", "0.25"]) == 0
     assert "mined hard negatives on 5/5 scans" in capsys.readouterr().err
     _, tuned = load_state(tmp_path / "tuned.safetensors")
-    assert tuned["spacing_mm"] == 2 and tuned["history"][0]["steps"] == 4
+    assert tuned["spacing_mm"] == 2 and tuned["history"][0]["steps"] == 4 and tuned["width"] == 4
     assert tuned["hard_negative_fraction"] == 0.25 and tuned["hard_negatives_mined"] > 0
     assert tuned["train_subjects"] == 5 and tuned["val_scans"] == 2  # a separate validation set: no split
     assert main(["train", "reclassifier", "--data", str(tiny_phantoms), "--proposer",
@@ -83,6 +84,12 @@ def test_hard_negatives_need_the_weights_that_mine_them(tiny_phantoms, tmp_path,
     assert not out.exists()
     assert main(["train", "proposer", "--data", str(tiny_phantoms), "-o", str(out), "--hard-negatives", "-0.1"]) == 2
     assert "[0, 0.5]" in capsys.readouterr().err
+    # a width only for a new network: fine-tuned weights keep theirs
+    assert main(["train", "proposer", "--data", str(tiny_phantoms), "-o", str(out), "--width", "16",
+                 "--init", str(out)]) == 2
+    assert "--width" in capsys.readouterr().err and not out.exists()
+    assert main(["train", "proposer", "--data", str(tiny_phantoms), "-o", str(out), "--width", "0"]) == 2
+    assert "2-64" in capsys.readouterr().err
 
 
 def test_hold_out_splits_by_subject_and_honours_zero():
