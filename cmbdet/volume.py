@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.affines import apply_affine
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+from scipy import ndimage
 
 from cmbdet.atomic import atomic_path
 from cmbdet.echoes import combine_echoes, echo_index_from_name, echo_times_ms
@@ -293,16 +294,37 @@ def _checked_dimensions(data: np.ndarray, name: str) -> np.ndarray:
 
 
 def _repair_non_finite(data: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
+    """NaN/infinite voxels: those connected to the edge of the field of view are background (masking
+    pipelines write NaN outside the brain) and become 0; those inside take the value of their nearest
+    finite voxel, so that a hole in the image never reads as a dark focus. Per volume of a 4-D series."""
     bad = ~np.isfinite(data)
     n_bad = int(bad.sum())
     if n_bad == 0:
         return data
-    fraction = n_bad / data.size
-    if fraction > 0.5:
-        raise InputError(name, f"{fraction:.0%} of voxels are NaN or infinite; not a usable scan")
+    if data.size - n_bad < 1000:
+        raise InputError(name, f"{n_bad / data.size:.0%} of voxels are NaN or infinite; not a usable scan")
     data = data.copy()
-    data[bad] = 0.0
-    message = f"{n_bad} NaN/infinite voxels ({fraction:.1%}) set to 0 and treated as background"
+    n_inside = 0
+    for index in np.ndindex(data.shape[3:]):
+        volume, hole = data[(..., *index)], bad[(..., *index)]
+        if not hole.any():
+            continue
+        components, n = ndimage.label(hole)
+        edge = np.zeros(hole.shape, bool)
+        for axis in range(3):
+            edge[(slice(None),) * axis + (0,)] = edge[(slice(None),) * axis + (-1,)] = True
+        at_edge = np.setdiff1d(np.unique(components[edge & hole]), [0])
+        inside = hole & ~np.isin(components, at_edge)
+        volume[hole & ~inside] = 0.0
+        if inside.any():
+            n_inside += int(inside.sum())
+            box = tuple(slice(max(int(a.min()) - 1, 0), int(a.max()) + 2) for a in np.nonzero(inside))
+            _, nearest = ndimage.distance_transform_edt(hole[box], return_indices=True)
+            filled = volume[box][tuple(nearest)]
+            volume[box][inside[box]] = filled[inside[box]]
+    message = (f"{n_bad} NaN/infinite voxels ({n_bad / data.size:.1%}): "
+               f"{n_bad - n_inside} at the edge of the field of view set to 0 (background)"
+               + (f", {n_inside} inside it filled from their nearest finite voxels" if n_inside else ""))
     warnings.warn(f"{name}: {message}", stacklevel=3)
     notes.append(message)
     return data

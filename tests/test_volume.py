@@ -180,12 +180,27 @@ def test_echo_files_on_different_grids_are_refused(tmp_path):
 
 def test_nan_voxels_are_repaired_with_a_warning(tmp_path):
     data = _image()
-    data[0, 0, :] = np.nan
-    data[1, 1, 1] = np.inf
+    data[0, 0, :] = np.nan  # at the edge of the field of view: background, 0
+    data[5, 5, 5] = np.inf  # inside: a hole, filled from its neighbours (0 would read as a dark focus)
+    data[9:11, 7:9, 4:6] = np.nan
     with pytest.warns(UserWarning, match="NaN"):
         volume = load_volume(_save(tmp_path, data, np.eye(4)))
     assert np.all(np.isfinite(volume.data))
-    assert any("NaN" in note for note in volume.notes)
+    assert np.all(volume.data[0, 0, :] == 0)
+    assert volume.data[5, 5, 5] in data[4:7, 4:7, 4:7] and volume.data[5, 5, 5] >= 10
+    assert np.all(volume.data[9:11, 7:9, 4:6] >= 10)
+    assert any("NaN" in note and "filled" in note for note in volume.notes)
+
+
+def test_nan_background_of_a_masked_brain_is_background(tmp_path):
+    # masking pipelines write NaN outside the brain: most of the field of view, all connected to its edge
+    data = np.full((30, 30, 30), np.nan, np.float32)
+    data[8:22, 8:22, 8:22] = _image((14, 14, 14))
+    data[14, 14, 14] = np.nan  # and one hole inside
+    with pytest.warns(UserWarning, match="NaN"):
+        volume = load_volume(_save(tmp_path, data, np.eye(4)))
+    assert np.isnan(data).mean() > 0.85
+    assert np.all(volume.data[:8] == 0) and volume.data[14, 14, 14] >= 10
 
 
 def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
