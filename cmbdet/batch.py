@@ -36,8 +36,9 @@ from typing import Protocol
 from cmbdet.atomic import remove_stale_temp_files, write_text_atomic
 from cmbdet.errors import InputError
 
-#: BIDS suffixes of the images cmbdet runs on (magnitude only; ``part-phase`` etc. are skipped).
-BIDS_SCAN_SUFFIXES = ("swi", "T2starw", "GRE", "T2star")
+#: BIDS suffixes of the images cmbdet runs on (magnitude only; ``part-phase`` etc. are skipped); ``MEGRE`` is
+#: BIDS's multi-echo GRE (one file per echo, ``echo-N``).
+BIDS_SCAN_SUFFIXES = ("swi", "T2starw", "GRE", "MEGRE", "T2star")
 #: BIDS ``part-`` values that are not magnitude images.
 NOT_MAGNITUDE_PARTS = ("phase", "real", "imag")
 #: Top-level folders of a BIDS root that hold no raw scans.
@@ -145,7 +146,7 @@ def collect_inputs(items: Sequence[str | Path], *, exclude: Sequence[str | Path]
                               stacklevel=2)
             elif not found:
                 warnings.warn(f"{path}: folder holds no scan cmbdet can use (.nii/.nii.gz"
-                              f"{'; SWI/T2starw/GRE/T2star magnitude in a BIDS root' if _is_bids_root(path) else ''})",
+                              f"{'; SWI/T2starw/GRE/MEGRE/T2star magnitude in a BIDS root' if _is_bids_root(path) else ''})",
                               stacklevel=2)
             entries.extend((*parse_file_name(p)[:2], p) for p in found)
             skipped.extend(left_out)
@@ -217,13 +218,33 @@ def _scan_filter(path: Path) -> str | None:
     return None
 
 
+def _earlier_outputs(folder: Path) -> list[Path]:
+    """Folders under ``folder`` (itself included) that an earlier cmbdet run wrote: a ``run.json`` naming
+    ``cmbdet_version`` beside its tables. Their label maps are never scans."""
+    found = []
+    for path in folder.rglob("run.json"):
+        try:
+            if '"cmbdet_version"' in path.read_text(errors="replace")[:4096]:
+                found.append(path.parent.resolve())
+        except OSError:
+            continue
+    return found
+
+
+EARLIER_OUTPUT = "in an earlier cmbdet output folder"
+
+
 def _discover_folder(folder: Path, excluded: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     found, skipped = [], []
+    outputs = _earlier_outputs(folder)
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder).parts
         if not path.is_file() or not _is_nifti(path) or any(p.startswith(".") for p in relative):
             continue
         if _under(path, excluded):
+            continue
+        if _under(path, outputs):
+            skipped.append((path, EARLIER_OUTPUT))
             continue
         reason = _scan_filter(path)
         (skipped.append((path, reason)) if reason else found.append(path))
@@ -243,11 +264,15 @@ def _holds_dicom(folder: Path, excluded: Sequence[Path]) -> bool:
 
 def _discover_bids(root: Path, excluded: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     found, skipped = [], []
+    outputs = _earlier_outputs(root)
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root).parts
         if not path.is_file() or not _is_nifti(path) or any(p.startswith(".") for p in relative):
             continue
         if _under(path, excluded):
+            continue
+        if _under(path, outputs):
+            skipped.append((path, EARLIER_OUTPUT))
             continue
         if relative[0] in BIDS_NON_RAW:
             skipped.append((path, f"under {relative[0]}/"))

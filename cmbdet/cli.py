@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("detect", parents=[common], help="find microbleeds in scans",
                        description="Find microbleeds in SWI / T2*-GRE scans with the shipped (or given) weights.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help=".nii/.nii.gz files, folders (searched recursively), BIDS roots (SWI/T2starw/GRE/T2star "
+                   help=".nii/.nii.gz files, folders (searched recursively), BIDS roots (SWI/T2starw/GRE/MEGRE/T2star "
                         "magnitude), text files listing paths, or a manifest CSV (subject, image or path, session)")
     p.add_argument("-o", "--outdir", default="cmbdet_out", help="output folder (default: cmbdet_out)")
     p.add_argument("--weights", help="weights folder (default: the shipped weights/)")

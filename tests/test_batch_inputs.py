@@ -88,6 +88,29 @@ def test_bids_root_ids_with_acq_separate_swi_and_gre(tmp_path):
     assert "1 _T1w" in summary and "1 part-phase" in summary and "1 under derivatives/" in summary, summary
 
 
+def test_bids_multi_echo_megre_is_one_subject(tmp_path):
+    root = tmp_path / "ds"
+    _touch(root, *(f"sub-02/anat/sub-02_echo-{n}_part-mag_MEGRE.nii.gz" for n in (1, 2, 3, 4)),
+           *(f"sub-02/anat/sub-02_echo-{n}_part-phase_MEGRE.nii.gz" for n in (1, 2, 3, 4)))
+    found = collect_inputs([root])
+    assert [(s.subject, len(s.paths)) for s in found.subjects] == [("sub-02", 4)]
+    assert found.skipped_summary() == "4 part-phase"
+
+
+def test_an_earlier_output_folder_inside_the_inputs_is_not_read_as_scans(tmp_path):
+    # `cmbdet detect t1 -o t1/run1`, then `cmbdet detect t1 -o t1/run2`: run1's label maps are no scans
+    _touch(tmp_path, "t1/scan.nii.gz", "t1/run1/scan/scan_desc-cmb_dseg.nii.gz",
+           "bids/sub-01/anat/sub-01_swi.nii.gz", "bids/derivatives_old/sub-01/sub-01_swi.nii.gz")
+    (tmp_path / "t1/run1/run.json").write_text('{\n "cmbdet_version": "0.1.0"\n}')
+    (tmp_path / "bids/derivatives_old/run.json").write_text('{"cmbdet_version": "0.1.0", "stage2": true}')
+    (tmp_path / "t1/unrelated").mkdir()
+    (tmp_path / "t1/unrelated/run.json").write_text('{"tool": "other"}')
+    _touch(tmp_path, "t1/unrelated/other.nii.gz")
+    found = collect_inputs([tmp_path / "t1", tmp_path / "bids"])
+    assert sorted(s.subject for s in found.subjects) == ["other", "scan", "sub-01"]
+    assert found.skipped_summary() == "2 in an earlier cmbdet output folder"
+
+
 def test_manifest_is_read_by_column_names(tmp_path):
     images = _touch(tmp_path, "data/a.nii.gz", "data/b.nii.gz", "data/b2.nii.gz")
     manifest = tmp_path / "cohort.csv"
