@@ -145,9 +145,8 @@ def collect_inputs(items: Sequence[str | Path], *, exclude: Sequence[str | Path]
                               f"(cmbdet convert points {shlex.quote(str(path))} -o OUT; then cmbdet detect OUT)",
                               stacklevel=2)
             elif not found:
-                warnings.warn(f"{path}: folder holds no scan cmbdet can use (.nii/.nii.gz"
-                              f"{'; SWI/T2starw/GRE/MEGRE/T2star magnitude in a BIDS root' if _is_bids_root(path) else ''})",
-                              stacklevel=2)
+                bids = "; SWI/T2starw/GRE/MEGRE/T2star magnitude in a BIDS root" if _is_bids_root(path) else ""
+                warnings.warn(f"{path}: folder holds no scan cmbdet can use (.nii/.nii.gz{bids})", stacklevel=2)
             entries.extend((*parse_file_name(p)[:2], p) for p in found)
             skipped.extend(left_out)
         elif path.is_file() and not _is_nifti(path) and path.suffix.lower() in (".csv", ".tsv"):

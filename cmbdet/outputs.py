@@ -153,7 +153,11 @@ def draw_review(views: np.ndarray, detections: Detections, subject: str, path: s
         axes[row, 0].text(-0.08, 0.5, f"#{row + 1}  score {detections.score[n]:.2f}\n{detections.region[n]}\n"
                                       f"RAS ({x:.0f}, {y:.0f}, {z:.0f}) mm",
                           transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=7)
-    fig.tight_layout(rect=(0.08, 0, 1, 0.97 if rows > 1 else 0.9))
+    # fixed margins in inches (the figure grows with the rows): matplotlib's tight_layout found the same
+    # ones at ~0.6 s per picture
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.19, right=0.99, bottom=0.1 / height, top=1.0 - 0.85 / height, wspace=0.1,
+                        hspace=0.4)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80)
     return Path(path)
