@@ -204,7 +204,7 @@ def _under(path: Path, folders: Sequence[Path]) -> bool:
     return any(resolved.is_relative_to(f) for f in folders)
 
 
-def _scan_filter(path: Path) -> str | None:
+def scan_filter(path: Path) -> str | None:
     """Why a found file is not a scan to run on (None: it is one)."""
     _, _, entities, suffix = parse_file_name(path)
     if entities:  # a BIDS name
@@ -245,7 +245,7 @@ def _discover_folder(folder: Path, excluded: Sequence[Path]) -> tuple[list[Path]
         if _under(path, outputs):
             skipped.append((path, EARLIER_OUTPUT))
             continue
-        reason = _scan_filter(path)
+        reason = scan_filter(path)
         (skipped.append((path, reason)) if reason else found.append(path))
     return found, skipped
 
@@ -276,7 +276,7 @@ def _discover_bids(root: Path, excluded: Sequence[Path]) -> tuple[list[Path], li
         if relative[0] in BIDS_NON_RAW:
             skipped.append((path, f"under {relative[0]}/"))
             continue
-        reason = _scan_filter(path) if path.name.startswith("sub-") else "not a BIDS scan name"
+        reason = scan_filter(path) if path.name.startswith("sub-") else "not a BIDS scan name"
         (skipped.append((path, reason)) if reason else found.append(path))
     return found, skipped
 

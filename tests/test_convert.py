@@ -248,6 +248,14 @@ def test_several_scans_rule_and_series_override(adni, tmp_path):
     assert [r["image_id"] for r in manifest] == ["I310001"] and manifest[0]["n_cmb"] == ""
     assert not (out / "truth.csv").exists()  # no ratings, no truth
 
+    # converted again into a folder that holds an earlier conversion's truth.csv: without coordinates
+    # this time, the stale truth (other ratings, perhaps other scans) goes
+    assert main(["convert", "adni", str(adni["src"]), "-o", str(tmp_path / "again"), "--ratings",
+                 str(adni["ratings"])]) == 0
+    assert (tmp_path / "again" / "truth.csv").exists()
+    assert main(["convert", "adni", str(adni["src"]), "-o", str(tmp_path / "again")]) == 0
+    assert not (tmp_path / "again" / "truth.csv").exists()
+
 
 @pytest.mark.parametrize("kind,order", [("axial", "forward"), ("axial-reversed", "shuffled"),
                                         ("coronal", "reverse"), ("sagittal", "shuffled"), ("oblique", "forward")])
@@ -313,6 +321,7 @@ def test_points_folder_with_a_rater_csv(tmp_path, capsys):
     write_nifti(src / "site A" / "patient 01.nii.gz", ras, (48, 56, 26), spots)
     write_nifti(src / "site A" / "patient-02_swi.nii", ras, (48, 56, 26), [])
     write_nifti(src / "sub-07_ses-2_T2starw.nii.gz", ras, (48, 56, 26), [])
+    write_nifti(src / "sub-07_ses-2_T1w.nii.gz", ras, (48, 56, 26), [])  # by its BIDS suffix: not a scan to convert
     points = _write_csv(tmp_path / "points.csv", ["image", "x_mm", "y_mm", "z_mm", "diameter_mm", "status"], [
         {"image": "site A/patient 01.nii.gz", "x_mm": spots[0][0], "y_mm": spots[0][1], "z_mm": spots[0][2],
          "diameter_mm": 4, "status": "definite"},
@@ -332,6 +341,8 @@ def test_points_folder_with_a_rater_csv(tmp_path, capsys):
     assert sorted({r["subject"] for r in truth}) == ["sub-siteApatient01", "sub-siteApatient02swi"]
     report = _rows(out / "conversion_report.csv")
     assert any(r["status"] == "unmatched" and "missing.nii.gz" in r["reason"] for r in report)
+    assert any(r["source"] == "sub-07_ses-2_T1w.nii.gz" and r["status"] == "skipped" and "_T1w" in r["reason"]
+               for r in report)
     scans = {s.subject: s for s in read_labelled_set(out / "manifest.csv")}
     assert len(scans["sub-siteApatient01"].cmb_xyz_mm) == 2
     volume = nib.load(out / manifest["sub-siteApatient01"]["path"])
@@ -341,6 +352,14 @@ def test_points_folder_with_a_rater_csv(tmp_path, capsys):
     out2 = tmp_path / "out2"
     assert main(["convert", "points", str(src), "-o", str(out2), "--points", str(points), "--unlisted-clean"]) == 0
     assert _by_scan(_rows(out2 / "manifest.csv"))["sub-07_ses-2"]["n_cmb"] == "0"
+
+    # two paths with one BIDS name: the rated one is converted, the other is an error (exit 1)
+    write_nifti(src / "siteA" / "patient01.nii.gz", ras, (48, 56, 26), [])
+    out3 = tmp_path / "out3"
+    assert main(["convert", "points", str(src), "-o", str(out3), "--points", str(points)]) == 1
+    assert _by_scan(_rows(out3 / "manifest.csv"))["sub-siteApatient01"]["source"] == "site A/patient 01.nii.gz"
+    assert any(r["source"] == "siteA/patient01.nii.gz" and r["status"] == "error"
+               for r in _rows(out3 / "conversion_report.csv"))
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

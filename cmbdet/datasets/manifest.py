@@ -88,7 +88,8 @@ class ConversionResult:
 
 def write_outputs(out: Path, manifest: list[dict], report: list[dict], truth: list[dict] | None) -> dict[str, Path]:
     """Write manifest.csv (rows sorted in place by subject, session), conversion_report.csv and, when
-    given, truth.csv."""
+    given, truth.csv; without truth, a truth.csv of an earlier conversion into ``out`` is removed (it
+    would describe other ratings, perhaps other scans)."""
     manifest.sort(key=lambda r: (r["subject"], r["session"]))
     written = {
         "manifest": write_csv_atomic(out / "manifest.csv", manifest, MANIFEST_COLUMNS),
@@ -96,4 +97,6 @@ def write_outputs(out: Path, manifest: list[dict], report: list[dict], truth: li
     }
     if truth is not None:
         written["truth"] = write_csv_atomic(out / "truth.csv", truth, TRUTH_COLUMNS)
+    else:
+        (out / "truth.csv").unlink(missing_ok=True)
     return written

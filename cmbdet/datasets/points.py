@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmbdet.batch import scan_filter
 from cmbdet.datasets.bids import (
     bids_label,
     check_folders,
@@ -132,9 +133,17 @@ def convert_points(src: str | Path, out: str | Path, points: str | Path | None =
     manifest: list[dict] = []
     truth: list[dict] = []
     taken: dict[str, str] = {}
-    for n, (rel, image) in enumerate(sorted(images.items()), start=1):
+    # rated images first: when two paths give one BIDS name, the rated one is kept
+    for n, (rel, image) in enumerate(sorted(images.items(), key=lambda kv: (kv[0] not in rated_by_image, kv[0])),
+                                     start=1):
         participant, session, modality = _names(rel)
         kind = "dicom" if isinstance(image, DicomSeries) else "nifti"
+        not_a_scan = scan_filter(image) if kind == "nifti" else None
+        if not_a_scan and rel not in rated_by_image and not all_series:  # e.g. sub-01_T1w.nii.gz, *_ph.nii
+            report.append({"source": rel, "kind": kind, "status": "skipped",
+                           "reason": f"not susceptibility-weighted magnitude by its name ({not_a_scan}); "
+                                     "--all-series takes every image"})
+            continue
         if kind == "dicom" and modality_of(image.description) == "swi":  # the description over the folder name
             modality = "swi"
         out_rel = image_relpath(participant, session, modality)
