@@ -417,8 +417,8 @@ def _add_convert_parser(sub, common: argparse.ArgumentParser) -> None:
                                                                  "(default: unrated)")
     p.add_argument("--series", metavar="REGEX", help="take a DICOM series without a row when its description "
                                                      "matches this (default: SWI/T2*/GRE, as for adni)")
-    p.add_argument("--all-series", action="store_true", help="take every DICOM series, whatever its description, and every NIfTI file, "
-                        "whatever its name")
+    p.add_argument("--all-series", action="store_true",
+                   help="take every DICOM series, whatever its description, and every NIfTI file, whatever its name")
     p.set_defaults(run=_convert, archive="points")
 
 
