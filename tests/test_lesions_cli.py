@@ -118,6 +118,13 @@ def test_cli_mri_groups_and_refuses_mixed_subjects(tmp_path):
     t1 = np.array([[-4.0, 0, 0, 96], [0, -4.0, 0, 110], [0, 0, 4.0, -60], [0, 0, 0, 1]])
     nib.save(nib.Nifti1Image(ellipsoid_head(swi), swi), str(folder / "sub-01_ses-1_swi.nii.gz"))
     nib.save(nib.Nifti1Image(ellipsoid_head(t1, shape=(48, 56, 30)), t1), str(folder / "sub-01_ses-1_T1w.nii.gz"))
+    far = t1.copy()
+    far[0, 3] += 600.0  # a FLAIR whose header puts it 600 mm away: left out, with a note
+    nib.save(nib.Nifti1Image(ellipsoid_head(t1, shape=(48, 56, 30)), far), str(folder / "sub-01_ses-1_FLAIR.nii.gz"))
+    no_swi = tmp_path / "sub-05"  # T1w and FLAIR only: the network needs SWI or T2*
+    no_swi.mkdir()
+    nib.save(nib.Nifti1Image(ellipsoid_head(t1, shape=(48, 56, 30)), t1), str(no_swi / "sub-05_T1w.nii.gz"))
+    nib.save(nib.Nifti1Image(ellipsoid_head(t1, shape=(48, 56, 30)), t1), str(no_swi / "sub-05_FLAIR.nii.gz"))
     mixed = tmp_path / "sub-03"
     mixed.mkdir()
     nib.save(nib.Nifti1Image(ellipsoid_head(swi), swi), str(mixed / "sub-03_swi.nii.gz"))
@@ -127,11 +134,14 @@ def test_cli_mri_groups_and_refuses_mixed_subjects(tmp_path):
     LesionModel(net=LesionNet(6, 4), modality="mri", threshold=0.5).save(mri_weights)
     out = tmp_path / "out"
     code = main(["lesions", str(folder / "sub-01_ses-1_swi.nii.gz"), str(folder / "sub-01_ses-1_T1w.nii.gz"),
-                 str(mixed), "-o", str(out), "--modality", "mri", "--mri-weights", str(mri_weights)])
+                 str(folder / "sub-01_ses-1_FLAIR.nii.gz"), str(mixed), str(no_swi), "-o", str(out), "--modality",
+                 "mri", "--mri-weights", str(mri_weights)])
     assert code == 1
     counts = {r["subject"]: r for r in _rows(out / "counts.csv")}
     assert counts["sub-01_ses-1"]["status"] == "ok"
     assert "T1w" in counts["sub-01_ses-1"]["message"] and "resampled" in counts["sub-01_ses-1"]["message"]
+    assert "FLAIR" in counts["sub-01_ses-1"]["message"] and "left out" in counts["sub-01_ses-1"]["message"]
+    assert counts["sub-05"]["status"] == "error" and "no SWI or T2*" in counts["sub-05"]["message"]
     assert counts["sub-03"]["status"] == "error" and "different subjects" in counts["sub-03"]["message"]
     labels = nib.load(str(out / "sub-01_ses-1" / "sub-01_ses-1_desc-hemorrhage_dseg.nii.gz"))
     assert labels.shape == (48, 56, 24) and np.allclose(labels.affine, swi)  # the SWI (reference) grid
@@ -139,7 +149,7 @@ def test_cli_mri_groups_and_refuses_mixed_subjects(tmp_path):
     assert sidecar["reference"]["sequence"] == "swi" and sidecar["method"] == "network"
     # a folder of loose BIDS files groups by entities; --classical runs the peer
     out2 = tmp_path / "out2"
-    assert main(["lesions", str(folder), "-o", str(out2), "--modality", "mri", "--classical"]) == 0
-    assert [r["subject"] for r in _rows(out2 / "counts.csv")] == ["sub-01_ses-1"]
+    assert main(["lesions", str(folder), str(no_swi), "-o", str(out2), "--modality", "mri", "--classical"]) == 0
+    assert [r["subject"] for r in _rows(out2 / "counts.csv")] == ["sub-01_ses-1", "sub-05"]  # the peer reads T1
     sidecar = json.loads((out2 / "sub-01_ses-1" / "sub-01_ses-1_desc-hemorrhage_dseg.json").read_text())
     assert sidecar["method"] == "classical"

@@ -130,6 +130,11 @@ class SequenceSet:
     notes: list[str] = field(default_factory=list)
 
 
+#: A sequence covering less of the reference's field of view than this is left out (a wrong header, or
+#: a slab elsewhere): resampled, it would be an almost empty channel that looks like a present one.
+MIN_SHARED_FIELD = 0.25
+
+
 def load_sequence_set(files: dict[str, Path]) -> SequenceSet:
     """Read a subject's sequences and resample them onto the reference (see module docstring)."""
     known = {name: path for name, path in files.items() if name in SEQUENCES}
@@ -159,6 +164,11 @@ def load_sequence_set(files: dict[str, Path]) -> SequenceSet:
         to_other = np.linalg.inv(other.affine) @ reference.affine
         grid = np.indices(reference.shape, dtype=np.float32).reshape(3, -1)
         coords = to_other[:3, :3].astype(np.float32) @ grid + to_other[:3, 3:4].astype(np.float32)
+        inside = np.all((coords > -0.5) & (coords < np.array(other.shape, np.float32)[:, None] - 0.5), axis=0)
+        if inside.mean() < MIN_SHARED_FIELD:
+            notes.append(f"{name} ({path.name}) left out: it covers only {inside.mean():.0%} of the reference's "
+                         "field of view (check its header)")
+            continue
         arrays[name] = ndimage.map_coordinates(other.data, coords, order=1, mode="constant",
                                                cval=0.0).reshape(reference.shape).astype(np.float32)
         notes.append(f"{name} ({path.name}) resampled from {'x'.join(f'{s:.2g}' for s in other.spacing_mm)} mm "
@@ -198,9 +208,17 @@ def _fit(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def mri_probability(seqs: SequenceSet, model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(blood probability, brain mask, affine) on the working grid from the MRI network."""
+    """(blood probability, brain mask, affine) on the working grid from the MRI network; the subject must
+    have SWI or T2* (`InputError` otherwise: the network never saw a subject without them — training drops
+    every other sequence but never that one — and without them it painted whole brains as one lesion)."""
     from cmbdet.lesions.infer import probability_map
 
+    if seqs.reference_name not in ("swi", "T2starw"):
+        names = ", ".join(p.name for p in seqs.paths.values())
+        raise InputError(seqs.paths[seqs.reference_name],
+                         f"no SWI or T2*-weighted sequence among {names}: the MRI network localizes hemorrhage on "
+                         "the susceptibility sequence (_swi or _T2starw), the others only add to it; "
+                         "--classical reads T1/FLAIR alone")
     channels, mask, affine = mri_working(seqs, model.spacing_mm)
     prob = probability_map(channels[: model.net.in_channels], mask, model)
     return prob * ndimage.binary_dilation(mask, iterations=2), mask, affine
