@@ -153,3 +153,31 @@ def test_cli_mri_groups_and_refuses_mixed_subjects(tmp_path):
     assert [r["subject"] for r in _rows(out2 / "counts.csv")] == ["sub-01_ses-1", "sub-05"]  # the peer reads T1
     sidecar = json.loads((out2 / "sub-01_ses-1" / "sub-01_ses-1_desc-hemorrhage_dseg.json").read_text())
     assert sidecar["method"] == "classical"
+
+
+def test_mri_bids_root_filtered_as_detect_does_and_a_truncated_sequence_fails_only_its_subject(tmp_path, capsys):
+    root = tmp_path / "bids"
+    swi = np.array([[3.5, 0, 0, -84], [0, 3.5, 0, -98], [0, 0, 5.0, -60], [0, 0, 0, 1]])
+    head = nib.Nifti1Image(ellipsoid_head(swi), swi)
+    for rel in ("sub-01/anat/sub-01_swi.nii.gz", "sub-01/anat/sub-01_FLAIR.nii.gz",
+                "sub-01/anat/sub-01_part-phase_swi.nii.gz",  # not magnitude
+                "sourcedata/sub-01/sub-01_swi.nii.gz", "derivatives/x/sub-01/anat/sub-01_desc-preproc_swi.nii.gz",
+                "sub-03/anat/sub-03_swi.nii.gz", "sub-03/anat/sub-03_FLAIR.nii.gz"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        nib.save(head, str(root / rel))
+    (root / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.9.0"}')
+    flair = root / "sub-03/anat/sub-03_FLAIR.nii.gz"
+    flair.write_bytes(flair.read_bytes()[:2000])  # truncated
+    patient = tmp_path / "patient C"  # a subject folder of bare names, in capitals
+    patient.mkdir()
+    nib.save(head, str(patient / "SWI.nii.gz"))
+    nib.save(head, str(patient / "Flair.nii.gz"))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["lesions", str(root), str(patient), "-o", str(out), "--classical"]) == 1
+    err = capsys.readouterr().err
+    assert "skipped 3 file(s)" in err and "under sourcedata/" in err and "part-phase" in err, err
+    counts = {r["subject"]: r for r in _rows(out / "counts.csv")}
+    assert sorted(counts) == ["patient C", "sub-01", "sub-03"], counts
+    assert counts["sub-01"]["status"] == "ok" and counts["patient C"]["status"] == "ok"
+    assert counts["sub-03"]["status"] == "error" and "sub-03_FLAIR.nii.gz" in counts["sub-03"]["message"]

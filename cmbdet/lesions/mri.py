@@ -25,11 +25,12 @@ from cmbdet.volume import Volume, load_volume
 SEQUENCES = ("swi", "T2starw", "ceT1w", "T1w", "FLAIR", "T2w")
 #: Network channels: susceptibility (SWI or T2*), T1, post-contrast T1, T2, FLAIR, brain mask.
 CHANNELS = ("susceptibility", "T1w", "ceT1w", "T2w", "FLAIR", "mask")
-_SUFFIX = re.compile(r"_(swi|T2starw|T1w|T2w|FLAIR)$", re.IGNORECASE)
+_SUFFIX = re.compile(r"(?:^|_)(swi|T2starw|T1w|T2w|FLAIR)$", re.IGNORECASE)  # BIDS suffix or a bare name
 
 
 def sequence_of(path: str | Path) -> str | None:
-    """The sequence name of a BIDS-named file (None when the suffix is not a known sequence)."""
+    """The sequence name of a BIDS-named file, or of a file named just that (``SWI.nii.gz``, any case);
+    None when the name ends in no known sequence."""
     stem = _stem(Path(path).name)
     match = _SUFFIX.search(stem)
     if not match:

@@ -61,21 +61,42 @@ class LesionUnit:
 def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto", *,
                 exclude: Sequence[str | Path] = ()) -> list[LesionUnit]:
     """Files, folders and list files -> units; ``auto`` decides CT or MRI per file from its values.
-    Files found in a folder under an ``exclude`` folder (the output folder) are never inputs."""
-    from cmbdet.batch import _is_nifti, _read_list, _under
+    Files found in a folder under an ``exclude`` folder (the output folder) are never inputs, nor, as for
+    `cmbdet detect`, those of an earlier cmbdet output folder, those under a BIDS root's ``derivatives/``,
+    ``sourcedata/`` ..., and ``part-phase``/``real``/``imag`` images (a warning says how many)."""
+    from cmbdet.batch import (
+        BIDS_NON_RAW,
+        EARLIER_OUTPUT,
+        NOT_MAGNITUDE_PARTS,
+        _earlier_outputs,
+        _is_nifti,
+        _read_list,
+        _under,
+    )
     from cmbdet.lesions.ct import guess_modality
-    from cmbdet.lesions.mri import group_mri_files
+    from cmbdet.lesions.mri import entities, group_mri_files, sequence_of
 
     if modality not in MODALITIES:
         raise InputError(None, f"unknown modality {modality!r} (choose auto, ct or mri)")
     excluded = [Path(e).resolve() for e in exclude]
     files: list[Path] = []
     folder_of: dict[Path, Path] = {}
+    skipped: dict[str, int] = {}
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_nifti(p) and not p.name.startswith(".")
-                           and not _under(p, excluded))
+            outputs = _earlier_outputs(path)
+            found = []
+            for p in sorted(path.rglob("*")):
+                if not p.is_file() or not _is_nifti(p) or p.name.startswith(".") or _under(p, excluded):
+                    continue
+                top = p.relative_to(path).parts[0]
+                why = (EARLIER_OUTPUT if _under(p, outputs) else f"under {top}/" if top in BIDS_NON_RAW
+                       else f"part-{entities(p)['part']}" if entities(p).get("part") in NOT_MAGNITUDE_PARTS else "")
+                if why:
+                    skipped[why] = skipped.get(why, 0) + 1
+                else:
+                    found.append(p)
             if not found:
                 warnings.warn(f"{path}: folder holds no .nii/.nii.gz file", stacklevel=2)
             for p in found:
@@ -93,8 +114,10 @@ def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto", *,
             try:
                 chosen, why = guess_modality(path)
             except InputError as err:
-                units.append(LesionUnit(subject_from_filename(path), "", {"image": path}, error=str(err)))
-                continue
+                if sequence_of(path) is None:
+                    units.append(LesionUnit(subject_from_filename(path), "", {"image": path}, error=str(err)))
+                    continue
+                chosen = "mri"  # an unreadable sequence file stays with its subject, which fails naming it
         if chosen == "ct":
             units.append(LesionUnit(subject_from_filename(path), "ct", {"ct": path},
                                     notes=[f"modality auto: {why}"] if why else ["modality: ct (given)"]))
@@ -107,6 +130,9 @@ def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto", *,
                                 error=f"{group.source}: {group.error}" if group.error else "",
                                 notes=["modality auto: MRI (not a CT's HU range)"] if modality == "auto"
                                 else ["modality: mri (given)"]))
+    if skipped:
+        warnings.warn(f"skipped {sum(skipped.values())} file(s): "
+                      + ", ".join(f"{n} {why}" for why, n in skipped.items()), stacklevel=2)
     return units
 
 
