@@ -13,7 +13,9 @@ World coordinates are scanner RAS+ millimetres, as nibabel reports them for the 
 
 from __future__ import annotations
 
+import gzip
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -176,13 +178,31 @@ def _read_nifti(path: Path) -> nib.Nifti1Image:
         raise InputError(path, "file is empty (0 bytes)")
     if not path.name.lower().endswith((".nii", ".nii.gz")):
         raise InputError(path, "not a NIfTI file (expected .nii or .nii.gz)")
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == b"\x1f\x8b"
     try:
-        image = nib.load(str(path))
+        image = _read_gzipped(path) if gzipped else nib.load(str(path))
+    except InputError:
+        raise
     except Exception as err:
         raise InputError(path, f"not a readable NIfTI file ({_short(err)})") from None
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(path, f"not a NIfTI image ({type(image).__name__})")
     return image
+
+
+def _read_gzipped(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
+    """A gzipped NIfTI decompressed whole, so that its CRC is checked (nibabel reads the image data and
+    stops before the gzip trailer: a corrupted file would be read as if it were fine)."""
+    try:
+        data = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as err:
+        raise InputError(path, f"could not read the image data ({type(err).__name__}: {err}); "
+                               "the file may be truncated or corrupt") from None
+    try:
+        return nib.Nifti1Image.from_bytes(data)
+    except Exception:  # not NIfTI-1: perhaps NIfTI-2 (any other error is reported by the caller)
+        return nib.Nifti2Image.from_bytes(data)
 
 
 def _load_echo_files(paths: list[Path], echo: str | int) -> Volume:

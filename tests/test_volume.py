@@ -222,6 +222,10 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     truncated = tmp_path / "truncated.nii.gz"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     cases["truncated"] = (truncated, "truncated or corrupt")
+    corrupt = bytearray(good.read_bytes())
+    corrupt[len(corrupt) // 2] ^= 0xFF  # fails the gzip CRC check, which nibabel alone never reaches
+    (tmp_path / "crc.nii.gz").write_bytes(bytes(corrupt))
+    cases["bad CRC"] = (tmp_path / "crc.nii.gz", "truncated or corrupt")
     cases["2-D"] = (_save(tmp_path, _image((20, 16)), np.eye(4), "flat.nii.gz"), "2-D image")
     cases["5-D"] = (_save(tmp_path, _image((6, 6, 6, 2, 3)), np.eye(4), "five.nii.gz"), "5-D image")
     cases["time series"] = (_save(tmp_path, _image((6, 6, 6, 40)), np.eye(4), "fmri.nii.gz"), "time series")
