@@ -508,6 +508,8 @@ def run_batch(
                 skipped += 1
                 continue
             done.pop(subject.subject, None)
+            if subject.subject in known:  # redone: what the earlier run wrote goes (a picture this run
+                _remove_subject_files(outdir, [known[subject.subject]], job.name)  # may not make, say)
             todo.append((subject, hashes))
 
         tables = _TableWriter(outdir, job.tables, done, table_interval_s)

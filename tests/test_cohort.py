@@ -74,6 +74,20 @@ def test_rerun_skips_finished_subjects_retries_failures_and_redoes_a_changed_inp
     assert len(detections) == int(counts[1]["n_cmb"]) == len(record["rows"])
 
 
+def test_a_redone_subject_keeps_nothing_of_the_earlier_run(tmp_path, random_weights):
+    scans = _cohort(tmp_path / "scans", 1)
+    out = tmp_path / "out"
+    run_batch(DetectJob(random_weights, threshold=0.0), collect_inputs([scans]).subjects, out)
+    picture = out / "sub-00" / "sub-00_review.png"
+    assert picture.is_file()
+    affine = np.diag([3.0, 3.0, 5.0, 1.0])
+    nib.save(nib.Nifti1Image(ellipsoid_head(affine, seed=7), affine), scans / "sub-00_swi.nii.gz")
+    redone = run_batch(DetectJob(random_weights, threshold=0.0, pictures=False), collect_inputs([scans]).subjects,
+                       out)
+    assert [r.status for r in redone.records] == ["ok"]
+    assert not picture.exists(), "the earlier run's picture of another input is gone"
+
+
 def test_other_settings_are_refused_in_one_line_unless_overwrite(tmp_path, random_weights, capsys):
     scans = _cohort(tmp_path / "scans", 2)
     out = tmp_path / "out"
