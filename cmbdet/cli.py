@@ -82,10 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float,
                    help="final score threshold in [0, 1] (default: the operating point stored with the weights; "
                         "0 keeps every candidate, for an FROC)")
-    p.add_argument("--echo", default="auto",
+    p.add_argument("--echo", default="auto", type=_echo_choice,
                    help="multi-echo input (4-D, or one file per echo): auto (default: echoes weighted by echo time "
                         "for susceptibility contrast, TE from JSON sidecars), rss (root-sum-of-squares), first, "
-                        "last or a 0-based index")
+                        "last or a 0-based index (0 = the first echo, echo-1 in BIDS)")
     p.add_argument("--no-pictures", action="store_true", help="skip the review PNGs (faster)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: CUDA when present)")
     _add_batch_options(p)
@@ -640,6 +640,13 @@ def _train_classifier(args) -> int:
     log(json.dumps(report))
     print(f"wrote {args.output} (threshold {model.threshold:.3f})")
     return 0
+
+
+def _echo_choice(value: str) -> str:
+    """--echo: auto, rss, first, last or a 0-based echo index (checked before any work)."""
+    if value in ("auto", "rss", "first", "last") or (value.isdigit() and len(value) < 4):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: use auto, rss, first, last or a 0-based echo index (0 = the first)")
 
 
 def _train_proposer(args) -> int:

@@ -126,3 +126,13 @@ def test_manifest_is_read_by_column_names(tmp_path):
     bad.write_text("subject,file\nx,data/a.nii.gz\n")
     with pytest.raises(InputError, match="'image' \\(or 'path'\\) column"):
         collect_inputs([bad])
+
+
+def test_a_bad_echo_choice_is_refused_before_any_work(tmp_path, capsys):
+    scan = _touch(tmp_path, "a.nii.gz")[0]
+    for bad in ("2x", "-1"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["detect", str(scan), "-o", str(tmp_path / "out"), "--echo", bad])
+        assert exit_info.value.code == 2
+        assert "0-based echo index" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

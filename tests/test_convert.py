@@ -372,6 +372,10 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     bad.write_text("foo,bar\n1,2\n")
     assert main(["convert", "adni", str(src), "-o", str(tmp_path / "o"), "--ratings", str(bad)]) == 2
     assert "RID" in capsys.readouterr().err
+    archive = tmp_path / "ADNI_download.zip"
+    archive.write_bytes(b"PK\x03\x04")
+    assert main(["convert", "adni", str(archive), "-o", str(tmp_path / "o")]) == 2
+    assert "unpack it first" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name,taken", [

@@ -109,6 +109,10 @@ def points_outside(image_path: Path, xyz_mm: np.ndarray, margin_vox: float = 0.5
 
 def check_folders(src: Path, out: Path) -> None:
     """SRC must be a folder and OUT must not lie inside it (SRC is never written to)."""
+    if src.is_file() and src.name.lower().endswith((".zip", ".tar", ".tar.gz", ".tgz")):
+        raise InputError(src, "an archive, not a folder: unpack it first (e.g. unzip) and give the folder")
+    if src.is_file():
+        raise InputError(src, "a file, not a folder: give the folder of the download")
     if not src.is_dir():
         raise InputError(src, "no such folder")
     src_real, out_real = src.resolve(), out.resolve()
