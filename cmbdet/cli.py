@@ -502,7 +502,7 @@ def _lesions(args) -> int:
 
 
 def _classify(args) -> int:
-    from cmbdet.classify.run import ClassifyJob
+    from cmbdet.classify.run import ClassifyJob, with_reused_label_maps
     from cmbdet.lesions.run import LesionsJob, lesion_subjects, plan_inputs
 
     if args.workers < 1:
@@ -512,6 +512,8 @@ def _classify(args) -> int:
     subjects = lesion_subjects(plan_inputs(args.inputs, args.modality, exclude=[args.outdir]))
     if not subjects:
         raise InputError(None, "no input scans found")
+    if args.lesions:
+        subjects = with_reused_label_maps(subjects, args.lesions)
     localizer = LesionsJob(args.lesion_weights if args.task == "expansion" else None,
                            args.lesion_weights if args.task == "hbm" else None, modality=args.modality,
                            pictures=not args.no_pictures, device=args.device)

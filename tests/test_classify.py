@@ -295,7 +295,36 @@ def test_classify_refuses_a_label_map_of_another_scan(ct_folder, expansion_weigh
     assert main(["classify", str(other), "--task", "expansion", "--weights", str(expansion_weights), "--lesions",
                  str(lesions_out), "-o", str(out), "--quiet"]) == 1
     message = _rows(out / "counts.csv")[0]["message"]
-    assert "not on the grid" in message and "desc-hemorrhage_dseg" in message
+    assert "other input files" in message and "desc-hemorrhage_dseg" in message  # the record's SHA-256
+    record = lesions_out / "sub-01" / "sub-01_lesions-record.json"
+    kept = record.read_text()
+    record.unlink()  # without the record (copied label maps): the grid check
+    assert main(["classify", str(other), "--task", "expansion", "--weights", str(expansion_weights), "--lesions",
+                 str(lesions_out), "-o", str(tmp_path / "cls1"), "--quiet"]) == 1
+    assert "not on the grid" in _rows(tmp_path / "cls1" / "counts.csv")[0]["message"]
+    record.write_text(kept)
+
+    # same name, same grid, other content: refused by the SHA-256 in the lesions record
+    source = nib.load(ct_folder / "sub-01_ct.nii.gz")
+    changed = np.asarray(source.dataobj).copy()
+    changed[changed > 40] -= 5
+    nib.save(nib.Nifti1Image(changed, source.affine, source.header), other / "sub-01_ct.nii.gz")
+    assert main(["classify", str(other), "--task", "expansion", "--weights", str(expansion_weights), "--lesions",
+                 str(lesions_out), "-o", str(tmp_path / "cls2"), "--quiet"]) == 1
+    assert "other input files" in _rows(tmp_path / "cls2" / "counts.csv")[0]["message"]
+
+    # a rerun notices that the reused label map changed: the subject is redone, not skipped
+    same = [str(ct_folder / "sub-01_ct.nii.gz"), "--task", "expansion", "--weights", str(expansion_weights),
+            "--lesions", str(lesions_out), "-o", str(tmp_path / "cls3"), "--quiet"]
+    assert main(["classify", *same]) == 0
+    record = tmp_path / "cls3" / "sub-01" / "sub-01_classify-record.json"
+    first = record.read_text()
+    labels = lesions_out / "sub-01" / "sub-01_desc-hemorrhage_dseg.nii.gz"
+    image = nib.load(labels)
+    nib.save(nib.Nifti1Image(np.zeros(image.shape, np.int16), image.affine, image.header), labels)
+    assert main(["classify", *same]) == 0
+    assert record.read_text() != first
+    assert _rows(tmp_path / "cls3" / "counts.csv")[0]["n_lesions"] == "0"
 
 
 def test_expansion_samples_from_a_phantom_pair_set(tmp_path):

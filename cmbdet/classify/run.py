@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
 from cmbdet import __version__
-from cmbdet.batch import Subject, SubjectRecord, sha256_file
+from cmbdet.batch import Subject, SubjectRecord, record_path, sha256_file
 from cmbdet.classify.model import EXPANSION_MODELS, LABELS, SHIPPED, ClassifierModel
 from cmbdet.errors import InputError, notes_with_warnings
 from cmbdet.lesions.result import Lesions
@@ -182,6 +182,15 @@ class ClassifyJob:
                              settings_id=self.settings_id(), status="error", message=message, counts=counts)
 
 
+def with_reused_label_maps(subjects: list[Subject], lesions_dir: str | Path) -> list[Subject]:
+    """The subjects with the label map each reuses from ``lesions_dir`` among their paths, so that the batch
+    runner's input hashes cover it: a subject whose label map changed since an earlier classify run is
+    redone, not skipped."""
+    from cmbdet.lesions.run import subject_files
+
+    return [replace(s, paths=(*s.paths, Path(lesions_dir) / subject_files(s.subject)["label_map"])) for s in subjects]
+
+
 def reuse_lesions(unit: LesionUnit, lesions_dir: Path) -> tuple[Lesions, Volume, dict[str, np.ndarray], list[str]]:
     """Read a unit's images and the label map an earlier ``cmbdet lesions`` run wrote for it
     (``<lesions_dir>/<subject>/<subject>_desc-hemorrhage_dseg.nii.gz``, in the reference's grid)."""
@@ -194,6 +203,15 @@ def reuse_lesions(unit: LesionUnit, lesions_dir: Path) -> tuple[Lesions, Volume,
     if not label_path.is_file():
         raise InputError(label_path, f"no label map of subject {unit.subject} in the --lesions folder "
                                      "(run `cmbdet lesions` on this input first)")
+    record = record_path(lesions_dir, unit.subject, "lesions")
+    if record.is_file():
+        try:
+            made_from = set(json.loads(record.read_text()).get("input_sha256") or ())
+        except ValueError:
+            made_from = set()
+        if made_from and made_from != {sha256_file(p) for p in unit.files.values()}:
+            raise InputError(label_path, f"the label map was made from other input files than {unit.input} "
+                                         "(their SHA-256 differ; see its record): run `cmbdet lesions` on this input")
     reference, arrays, _, notes = _read_unit(unit)
     image = nib.load(str(label_path))
     labels = np.asarray(image.dataobj).astype(np.int16)
