@@ -560,8 +560,12 @@ def _evaluate(args) -> int:
     if args.counts:
         return _evaluate_counts(args)
 
-    result = evaluate(read_truth(args.truth), read_detections(args.detections),
-                      score_threshold=args.score_threshold, min_distance_mm=args.min_distance_mm,
+    truth, detections = read_truth(args.truth), read_detections(args.detections)
+    found = sorted(set(detections.centres) | set(detections.status or {}))
+    if found and not set(found) & set(truth.subjects):
+        raise InputError(args.detections, f"none of its {len(found)} subject(s) is in {args.truth} (e.g. "
+                                          f"{found[0]!r} here, {truth.subjects[0]!r} there): check the ids")
+    result = evaluate(truth, detections, score_threshold=args.score_threshold, min_distance_mm=args.min_distance_mm,
                       margin_mm=args.margin_mm)
     if args.json:
         print(result.to_json())

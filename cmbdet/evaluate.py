@@ -291,10 +291,15 @@ def _numbered(records: Iterable[Mapping[str, Any]]) -> Iterable[tuple[str, Mappi
 
 
 def _subject(rec: Mapping[str, Any], where: str, source: str | Path | None) -> str:
+    """The row's subject id; with a ``session`` column, ``SUBJECT_ses-SESSION`` (the id cmbdet gives a
+    BIDS file ``sub-01_ses-2_...``), unless the subject already names its session."""
     value = rec.get("subject")
     subject = "" if value is None else str(value).strip()
     if not subject:
         raise InputError(source, f"{where}: subject is empty")
+    session = str(rec.get("session") or "").strip()
+    if session and "_ses-" not in subject:
+        subject = f"{subject}_{session if session.startswith('ses-') else 'ses-' + session}"
     return subject
 
 

@@ -401,3 +401,23 @@ def test_many_subjects_is_fast():
     # the last FROC point (all detections) is the threshold-0 operating point
     assert ev.froc["sensitivity"][-1] == pytest.approx(ev.pooled["sensitivity"])
     assert ev.froc["fp_per_subject"][-1] == pytest.approx(ev.pooled["fp_per_subject"])
+
+
+def test_truth_session_column_joins_the_subject_id_and_no_shared_subject_is_an_error(tmp_path, capsys):
+    from cmbdet.cli import main
+
+    # the CT/MRI lesion phantoms' truth: subject and session in two columns; lesions ids join them
+    truth = write_csv(tmp_path / "truth.csv", ["subject", "session", "x_mm", "y_mm", "z_mm"],
+                      [["sub-01", "baseline", 10.0, -20.0, 5.0], ["sub-02", "ses-baseline", "", "", ""]])
+    assert read_truth(truth).subjects == ["sub-01_ses-baseline", "sub-02_ses-baseline"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "other").mkdir()
+    found = write_csv(tmp_path / "run" / "detections.csv", ["subject", "x_mm", "y_mm", "z_mm", "score"],
+                      [["sub-01_ses-baseline", 10.5, -20.0, 5.0, 0.9]])
+    assert main(["evaluate", "--truth", str(truth), "--detections", str(found), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pooled"]["tp"] == 1
+    other = write_csv(tmp_path / "other" / "detections.csv", ["subject", "x_mm", "y_mm", "z_mm", "score"],
+                      [["patient7", 10.5, -20.0, 5.0, 0.9]])
+    assert main(["evaluate", "--truth", str(truth), "--detections", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "none of its 1 subject(s)" in err and "'patient7'" in err and len(err.strip().splitlines()) == 1
