@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -473,6 +474,8 @@ def run_batch(
     subject at most every ``table_interval_s`` seconds, and at the end. ``progress(record, n_done,
     n_total)`` is called as subjects finish; ``report(outdir, run_info, records)`` at the end.
     """
+    if use_ray and importlib.util.find_spec("ray") is None:  # before OUTDIR exists: nothing half-made
+        raise InputError(None, RAY_MISSING)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     with _outdir_lock(outdir):
@@ -701,6 +704,9 @@ def _execute_local(job: SubjectJob, todo, outdir: Path, workers: int) -> Iterato
                 yield record
 
 
+RAY_MISSING = "--ray needs the optional dependency ray: pip install 'cmbdet[ray]'"
+
+
 def _execute_ray(job: SubjectJob, todo, outdir: Path, workers: int, address: str | None) -> Iterator[SubjectRecord]:
     """Ray: one actor per worker slot (models loaded once per actor), subjects handed out as they
     finish. ``address``: a Ray cluster (``ray://host:10001`` or ``host:6379``); None: the cluster
@@ -709,7 +715,7 @@ def _execute_ray(job: SubjectJob, todo, outdir: Path, workers: int, address: str
     try:
         import ray
     except ImportError:
-        raise InputError(None, "--ray needs the optional dependency ray: pip install 'cmbdet[ray]'") from None
+        raise InputError(None, RAY_MISSING) from None
     started_here = not ray.is_initialized()
     if started_here:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

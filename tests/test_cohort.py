@@ -260,3 +260,16 @@ def test_per_echo_files_of_one_subject_run_as_one_scan(tmp_path, random_weights)
         assert row["input"].count(";") == 2
     labels = nib.load(out / "sub-05_ses-1" / "sub-05_ses-1_desc-cmb_dseg.nii.gz")
     assert labels.shape == (48, 56, 24)
+
+
+def test_ray_missing_is_one_line_and_leaves_no_outdir(tmp_path, random_weights, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    scans = _cohort(tmp_path / "scans", 1)
+    out = tmp_path / "out"
+    assert main(["detect", str(scans), "-o", str(out), "--weights", str(random_weights), "--ray", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'cmbdet[ray]'" in err and len(err.splitlines()) == 1
+    assert not out.exists()
