@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="instead of whole phantoms: -n copies of this real scan (3-D or multi-echo) with "
                         "--cmb-per-copy synthetic microbleeds each, plus one untouched copy, and truth.csv; "
                         "checks the detector on your own scanner's images")
-    p.add_argument("--cmb-per-copy", type=int, default=3, help="microbleeds per copy with --insert-into")
+    p.add_argument("--cmb-per-copy", type=int, help="microbleeds per copy with --insert-into (default 3)")
     p.add_argument("--without", default="",
                    help="randomized family only: comma-separated randomization ingredients to switch off "
                         "(tissue, vessels, cmb_profile, noise, swi_mask, resolution), for ablations")
@@ -361,13 +361,15 @@ def _phantom(args) -> int:
 
     if args.n < 1:
         raise InputError(None, "-n must be at least 1")
+    if args.cmb_per_copy is not None and not args.insert_into:
+        raise InputError(None, "--cmb-per-copy applies to --insert-into (microbleeds put into a scan of yours)")
     if args.kind != "cmb":
         return _phantom_hemorrhage(args)
     if args.insert_into:
         from cmbdet.phantom.insert import write_inserted_set
 
-        out = write_inserted_set(args.insert_into, args.outdir, n_copies=args.n, n_cmb=args.cmb_per_copy,
-                                 seed=args.seed)
+        out = write_inserted_set(args.insert_into, args.outdir, n_copies=args.n,
+                                 n_cmb=3 if args.cmb_per_copy is None else args.cmb_per_copy, seed=args.seed)
         print(f"wrote {args.n} copies of {args.insert_into} with synthetic microbleeds, one untouched copy and "
               f"truth.csv to {out}", file=sys.stderr)
         return 0

@@ -38,6 +38,26 @@ def test_inserted_microbleeds_are_dark_bloom_with_echo_time_and_match_truth(tmp_
         assert ratio[0] > ratio[1] > ratio[2] and ratio[2] < 0.3  # darker at every later echo
 
 
+def test_insert_into_a_scan_with_nan_voxels_a_thin_slab_and_a_misplaced_option(tmp_path, capsys):
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    affine[:3, 3] = [-36, -42, -24]
+    data = ellipsoid_head(affine, dark_spots_mm=())
+    data[:4] = np.nan  # NaN background of a masking pipeline, and one infinite voxel
+    data[30, 30, 10] = np.inf
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "nan.nii.gz")
+    assert main(["phantom", "--insert-into", str(tmp_path / "nan.nii.gz"), "-n", "1", "--cmb-per-copy", "2",
+                 "-o", str(tmp_path / "set"), "--seed", "3"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "set" / "truth.csv")))
+    assert sum(r["subject"] == "nan-insert00" for r in rows) == 2
+    nib.save(nib.Nifti1Image(data[:, :, 10:12], affine), tmp_path / "slab.nii.gz")  # 2 slices: no room
+    capsys.readouterr()
+    assert main(["phantom", "--insert-into", str(tmp_path / "slab.nii.gz"), "-n", "1", "--cmb-per-copy", "2",
+                 "-o", str(tmp_path / "slab"), "--seed", "3"]) == 0
+    assert "0 of 2 microbleeds inserted" in capsys.readouterr().err
+    assert main(["phantom", "-o", str(tmp_path / "x"), "-n", "1", "--cmb-per-copy", "2"]) == 2
+    assert "--insert-into" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not REALDATA.exists(), reason="shared/realdata not beside the repo")
 def test_shipped_detector_ranks_obvious_microbleeds_first_on_a_real_multi_echo_background(tmp_path):
     """The real 3-echo crop is 19 mm wide, narrower than a stage-2 patch; at the default threshold stage 2

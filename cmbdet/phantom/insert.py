@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -59,7 +60,9 @@ def insert_microbleeds(
     times = np.asarray(echo_times if echo_times is not None and len(echo_times) == n_echoes
                        else 5.0 * np.arange(1, n_echoes + 1), float)
     spacing = np.sqrt((image.affine[:3, :3] ** 2).sum(axis=0))
-    pool = _tissue_points(data[..., 0], spacing, margin_mm=diameter_mm[1])
+    finite = np.isfinite(data).all(axis=3)  # NaN/Inf voxels (left as they are) never host a microbleed
+    pool = _tissue_points(np.where(finite, data[..., 0], 0.0), spacing, margin_mm=diameter_mm[1])
+    pool = pool[finite[tuple(pool.T)]]
     chosen: list[np.ndarray] = []
     for index in rng.permutation(len(pool)):
         if len(chosen) >= n_cmb:
@@ -111,6 +114,9 @@ def write_inserted_set(background: str | Path, outdir: str | Path, *, n_copies: 
         rng = np.random.default_rng([seed, copy_index])
         count = n_cmb if copy_index < n_copies else 0
         copy, rows = insert_microbleeds(image, rng, n_cmb=count, diameter_mm=diameter_mm, echo_times=times)
+        if len(rows) < count:
+            warnings.warn(f"{subject}: {len(rows)} of {count} microbleeds inserted (no room for more at least "
+                          f"{diameter_mm[1]:g} mm inside the field of view and 8 mm apart)", stacklevel=2)
         save_image_atomic(copy, out / f"{subject}.nii.gz")
         truth += [{"subject": subject, **row} for row in rows] or [
             {"subject": subject, "x_mm": "", "y_mm": "", "z_mm": "", "diameter_mm": "", "region": ""}]
