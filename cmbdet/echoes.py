@@ -86,7 +86,9 @@ def combine_echoes(
         combined = np.tensordot(echoes.astype(np.float32), (weights / weights.sum()).astype(np.float32),
                                 axes=([3], [0]))
         unit = "echo spacings" if assumed else "ms"
-        told = ("echo times unknown (no JSON sidecar with EchoTime): assumed equally spaced; " if assumed else
+        why = ("no JSON sidecar with EchoTime" if echo_times is None else
+               f"the sidecars give {len(echo_times)} echo time(s) for {n} echoes")
+        told = (f"echo times unknown ({why}): assumed equally spaced; " if assumed else
                 f"TE {', '.join(f'{t:g}' for t in times)} ms; ")
         message = (f"multi-echo input ({n} echoes): {told}combined for susceptibility contrast with weights "
                    f"TE*exp(-TE/T2*), T2* {t2star:.3g} {unit} fitted from the brain signal "

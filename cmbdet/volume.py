@@ -355,6 +355,9 @@ def _check_magnitude(data: np.ndarray, name: str) -> None:
     if not data.max() > data.min():
         raise InputError(name, "image is constant (all voxels have one value); nothing to detect")
     lo, hi = np.percentile(data, [0.5, 99.5])
+    if hi <= 0:
+        raise InputError(name, f"almost every value is zero or negative (99.5th percentile {hi:.3g}): not a "
+                               "magnitude image (a difference image, or a wrong scl_slope/scl_inter?)")
     if lo < 0 and -lo > 0.5 * hi and np.mean(data < 0) > 0.2:
         raise InputError(
             name,

@@ -146,7 +146,10 @@ def test_auto_echo_without_sidecar_says_what_it_assumed(tmp_path):
     path = _save(tmp_path, _decaying_echoes([5.0, 10.0, 15.0, 20.0]), _affine_for("LPS"), "me.nii.gz")
     volume = load_volume(path)
     assert "echo times unknown" in volume.notes[0] and "assumed equally spaced" in volume.notes[0]
+    assert "no JSON sidecar" in volume.notes[0]
     assert _contrast(volume) > _contrast(load_volume(path, echo="rss"))
+    (tmp_path / "me.json").write_text('{"EchoTime": 0.005}')  # a sidecar with one time for four echoes
+    assert "the sidecars give 1 echo time(s) for 4 echoes" in load_volume(path).notes[0]
 
 
 @pytest.mark.parametrize("naming", ["bids", "dcm2niix"])
@@ -229,6 +232,8 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     cases["2-D"] = (_save(tmp_path, _image((20, 16)), np.eye(4), "flat.nii.gz"), "2-D image")
     cases["5-D"] = (_save(tmp_path, _image((6, 6, 6, 2, 3)), np.eye(4), "five.nii.gz"), "5-D image")
     cases["time series"] = (_save(tmp_path, _image((6, 6, 6, 40)), np.eye(4), "fmri.nii.gz"), "time series")
+    negative = -_image()
+    cases["all negative"] = (_save(tmp_path, negative, np.eye(4), "negative.nii.gz"), "zero or negative")
     nan = np.full((8, 8, 8), np.nan, dtype=np.float32)
     cases["all NaN"] = (_save(tmp_path, nan, np.eye(4), "nan.nii.gz"), "NaN")
     singular = np.eye(4)
