@@ -161,11 +161,20 @@ def collect_inputs(items: Sequence[str | Path], *, exclude: Sequence[str | Path]
 
 def group_subjects(entries: Iterable[tuple[str, int | None, Path]]) -> list[Subject]:
     """(subject id, echo number or None, path) -> `Subject`s in first-seen order; the files of one id
-    that carry distinct echo numbers are one subject (sorted by echo). Any other repeat of an id is
-    refused with an `InputError` naming both files."""
+    that carry distinct echo numbers are one subject (sorted by echo); files of one id with different BIDS
+    suffixes (``_swi`` and ``_T2starw`` of one session) are subjects ``<id>_<suffix>``. Any other repeat of
+    an id is refused with an `InputError` naming both files."""
     by_id: dict[str, list[tuple[int | None, Path]]] = {}
     for subject, echo, path in entries:
         by_id.setdefault(subject, []).append((echo, path))
+    for subject, files in list(by_id.items()):  # e.g. a session holding both _swi and _T2starw
+        suffixes = {parse_file_name(path)[3] for _, path in files}
+        if len(suffixes) > 1 and None not in suffixes:
+            del by_id[subject]
+            for echo, path in files:
+                by_id.setdefault(f"{subject}_{parse_file_name(path)[3]}", []).append((echo, path))
+            warnings.warn(f"{subject}: {' and '.join(sorted('_' + x for x in suffixes))} scans, each run as its own "
+                          f"subject ({', '.join(sorted(f'{subject}_{x}' for x in suffixes))})", stacklevel=2)
     subjects = []
     for subject, files in by_id.items():
         seen: dict[int | None, Path] = {}

@@ -88,6 +88,15 @@ def test_bids_root_ids_with_acq_separate_swi_and_gre(tmp_path):
     assert "1 _T1w" in summary and "1 part-phase" in summary and "1 under derivatives/" in summary, summary
 
 
+def test_a_session_with_swi_and_t2starw_runs_both_as_subjects_of_their_own(tmp_path):
+    root = tmp_path / "ds"
+    _touch(root, "sub-01/ses-1/anat/sub-01_ses-1_swi.nii.gz", "sub-01/ses-1/anat/sub-01_ses-1_T2starw.nii.gz",
+           "sub-02/anat/sub-02_swi.nii.gz")
+    with pytest.warns(UserWarning, match="each run as its own subject"):
+        found = collect_inputs([root])
+    assert sorted(s.subject for s in found.subjects) == ["sub-01_ses-1_T2starw", "sub-01_ses-1_swi", "sub-02"]
+
+
 def test_bids_multi_echo_megre_is_one_subject(tmp_path):
     root = tmp_path / "ds"
     _touch(root, *(f"sub-02/anat/sub-02_echo-{n}_part-mag_MEGRE.nii.gz" for n in (1, 2, 3, 4)),
