@@ -133,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
                         "MRI files are grouped by their BIDS sub-/ses- entities")
     p.add_argument("-o", "--outdir", default="cmbdet_lesions", help="output folder (default: cmbdet_lesions)")
     p.add_argument("--modality", choices=("auto", "ct", "mri"), default="auto",
-                   help="auto (default) decides per file from its values (a CT in HU has air near -1000)")
+                   help="auto (default) decides per file: CT when BIDS-named _ct, or by its values (a CT in HU "
+                        "has air near -1000 and bone above 300)")
     p.add_argument("--crops", action="store_true",
                    help="write per-lesion crops of every sequence and mask (box + 10 mm) and the 5 axial 1 mm "
                         "slices around the largest cross-section, for your own analyses (cmbdet classify reads "
@@ -151,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Localize each input's hemorrhagic lesions (or reuse an earlier `cmbdet lesions` "
                                    "run with --lesions) and classify every lesion: --task hbm (multi-sequence MRI: "
                                    "hemorrhagic metastasis vs non-neoplastic hematoma) or --task expansion (baseline "
-                                   "non-contrast CT: early hematoma expansion, >= 6 mL or >= 33 %% growth). Writes "
+                                   "non-contrast CT: early hematoma expansion, >= 6 mL or >= 33 % growth). Writes "
                                    "classification.csv (per lesion + a subject row), counts.csv and the lesion "
                                    "label maps.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -166,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="classifier weights (default: the shipped weights/classifier_<task>.safetensors)")
     p.add_argument("--lesion-weights", help="lesion localizer weights (default: the shipped CT or MRI model)")
     p.add_argument("--modality", choices=("auto", "ct", "mri"), default="auto",
-                   help="auto (default) decides per file from its values")
+                   help="auto (default) decides per file: CT when BIDS-named _ct, or by its values")
     p.add_argument("--no-pictures", action="store_true", help="skip the lesion review PNGs")
     p.add_argument("--device", help="torch device (default: CUDA when present)")
     _add_batch_options(p)
@@ -174,7 +175,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", parents=[common], help="score detections against a reference",
                        description="Lesion-level scoring (VALDO style): sensitivity, precision, F1, FP/subject, FROC.")
-    p.add_argument("--truth", required=True, help="truth.csv (subject, x_mm, y_mm, z_mm, diameter_mm, region)")
+    p.add_argument("--truth", required=True,
+                   help="truth.csv (subject, x_mm, y_mm, z_mm, diameter_mm, region; a session column joins the "
+                        "subject id as SUBJECT_ses-SESSION)")
     p.add_argument("--detections", required=True, help="detections.csv from cmbdet detect")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--per-subject", metavar="CSV", help="also write per-subject figures to this CSV")
@@ -248,7 +251,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="train the YOLO classifier alone, without the 3-D shape model beside it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="keep the patch images and ultralytics run here (default: a temp folder)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu",
+                   help="where ultralytics trains the classifier: cpu (default), or a CUDA device index such as 0")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(run=_train_reclassifier)
 

@@ -31,7 +31,7 @@ CUTOUT_MARGIN_MM = 45.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="a CT phantom set (cmbdet phantom --kind ct --pairs)")
     parser.add_argument("--weights", help="expansion classifier weights (default: the shipped ones)")
     parser.add_argument("--n", type=int, default=60, help="re-measured subjects to use (default 60)")
