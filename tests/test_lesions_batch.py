@@ -112,7 +112,7 @@ def test_other_settings_are_refused_unless_overwrite(ct_folder, tmp_path, capsys
                for r in crops if r["subject"] == "sub-01")
     # a crop file lost since is part of the subject: the rerun redoes that subject alone
     lost = next(r["path"] for r in crops if r["subject"] == "sub-01")
-    nib.load(lost)
+    nib.load(out / lost)
     (out / "sub-01" / "crops" / lost.rsplit("/", 1)[-1]).unlink()
     assert main([*base, "--classical", "--crops", "--quiet"]) == 0
     assert (out / "sub-01" / "crops" / lost.rsplit("/", 1)[-1]).is_file()

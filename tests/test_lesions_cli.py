@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -91,10 +92,11 @@ def test_cli_classical_with_crops_and_hu_refusal(ct_inputs, tmp_path):
     crops = _rows(out / "crops.csv")
     kinds = {(r["sequence"], r["kind"]) for r in crops}
     assert kinds == {("ct", "image_box"), ("ct", "image_axial5"), ("mask", "mask_box"), ("mask", "mask_axial5")}
-    slab = nib.load(next(r["path"] for r in crops if r["kind"] == "mask_axial5"))
+    assert all(not Path(r["path"]).is_absolute() and (out / r["path"]).is_file() for r in crops)  # OUTDIR-relative
+    slab = nib.load(out / next(r["path"] for r in crops if r["kind"] == "mask_axial5"))
     assert slab.shape[2] == 5 and np.allclose(slab.header.get_zooms()[:3], 1.0, atol=1e-3)
     assert np.asarray(slab.dataobj)[:, :, 2].sum() > 0  # the largest cross-section is the middle slice
-    box = nib.load(next(r["path"] for r in crops if r["kind"] == "image_box"))
+    box = nib.load(out / next(r["path"] for r in crops if r["kind"] == "image_box"))
     centre = nib.affines.apply_affine(box.affine, (np.array(box.shape) - 1) / 2.0)
     assert np.allclose(centre, [12.0, 6.0, 4.0], atol=6.0)
 

@@ -232,9 +232,9 @@ def write_lesion_outputs(unit: LesionUnit, outdir: Path, lesions: Lesions, refer
         for stale in folder.glob(f"{unit.subject}_lesion-*.nii.gz"):
             stale.unlink()
         crop_rows = write_lesion_crops(arrays, reference, lesions, unit.subject, folder)
-        for row in crop_rows:
-            relative = Path(row["path"]).relative_to(outdir).as_posix()
-            files[f"crop:{Path(relative).name}"] = relative
+        for row in crop_rows:  # crops.csv, like the records, gives paths relative to OUTDIR
+            row["path"] = Path(row["path"]).relative_to(outdir).as_posix()
+            files[f"crop:{Path(row['path']).name}"] = row["path"]
     return files, crop_rows
 
 
