@@ -399,3 +399,20 @@ def test_train_classifier_command_on_a_phantom_pair_set(tmp_path):
             rows = data["perturbed_radiomics"]
             subject = cached.name.rsplit("_", 1)[0]
             assert np.isfinite(rows).all() if subject in remeasured_subjects else np.isnan(rows).all()
+
+
+def test_grad_cam_shows_the_evidence_for_the_label_given(expansion_weights):
+    from cmbdet.classify.cam import grad_cam
+    from cmbdet.classify.features import LesionFeatures
+    from cmbdet.classify.model import load_classifier
+
+    model = load_classifier("expansion", expansion_weights)
+    rng = np.random.default_rng(1)
+    crop = np.zeros((6, 64, 64), np.float32)
+    crop[:5, 20:44, 24:40] = 0.7 + 0.1 * rng.random((5, 24, 16))
+    crop[5, 20:44, 24:40] = 1.0
+    feature = LesionFeatures(1, crop, np.zeros(len(model.names)), tuple(model.names), np.ones(5), 5.0, 1)
+    toward, against = grad_cam(model, feature), grad_cam(model, feature, positive=False)
+    assert toward.shape == against.shape == (64, 64)
+    assert max(toward.max(), against.max()) == 1.0  # one of the two labels has evidence somewhere
+    assert not np.allclose(toward, against)

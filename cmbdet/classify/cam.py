@@ -3,7 +3,8 @@ drawn over the crop the model read: ``<subject>/cam/<subject>_lesion-<n>_cam.png
 
 expansion: the CNN's logit w.r.t. its last convolutional block, over the largest axial section;
 hbm: the fused logit w.r.t. the intensity branch's last block, over the susceptibility section (or
-the first sequence present). The lesion's outline (the localizer's mask) is drawn in cyan.
+the first sequence present). The map shows the evidence for the label the model gave (for ``ich`` /
+``stable`` that of the negated logit). The lesion's outline (the localizer's mask) is drawn in cyan.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ import torch
 import torch.nn.functional as F
 
 from cmbdet.classify.features import MRI_SEQUENCES, LesionFeatures
-from cmbdet.classify.model import ClassifierModel, tabular_input
+from cmbdet.classify.model import LABELS, ClassifierModel, tabular_input
 
 
-def grad_cam(model: ClassifierModel, feature: LesionFeatures) -> np.ndarray:
-    """(P, P) Grad-CAM in [0, 1] of one lesion's crop."""
+def grad_cam(model: ClassifierModel, feature: LesionFeatures, *, positive: bool = True) -> np.ndarray:
+    """(P, P) Grad-CAM in [0, 1] of one lesion's crop: where the evidence for the positive label (``hbm`` /
+    ``expands``) lies, or with ``positive=False`` for the negative one (``ich`` / ``stable``: the map of
+    the negated logit; the positive one is blank for a lesion the model calls negative)."""
+    sign = 1.0 if positive else -1.0
     if model.task == "expansion":  # the mean over the cross-fitted CNNs
-        cams = [_grad_cam(member, member.encoder, feature, model, lambda net, crop: net(crop))
+        cams = [_grad_cam(member, member.encoder, feature, model, lambda net, crop: sign * net(crop))
                 for member in model.net.members]
         cam = np.mean(cams, axis=0)
         return cam / cam.max() if cam.max() > 0 else cam
@@ -29,7 +33,7 @@ def grad_cam(model: ClassifierModel, feature: LesionFeatures) -> np.ndarray:
     tab = tabular_input(radiomics=radiomics, present=feature.present[None], volume_ml=np.array([feature.volume_ml]),
                         n_lesions=np.array([feature.n_lesions]))
     tab = torch.from_numpy((tab - model.tab_mean) / model.tab_scale).float().to(model.device)
-    cam = _grad_cam(model.net, model.net.intensity, feature, model, lambda net, crop: net(crop, tab)[0])
+    cam = _grad_cam(model.net, model.net.intensity, feature, model, lambda net, crop: sign * net(crop, tab)[0])
     return cam / cam.max() if cam.max() > 0 else cam
 
 
@@ -70,7 +74,9 @@ def write_cams(model: ClassifierModel, features: list[LesionFeatures], subject: 
     probabilities = model.scores(features)["fused"]
     written = {}
     for feature, probability in zip(features, probabilities, strict=True):
-        cam = grad_cam(model, feature)
+        positive = bool(probability >= model.threshold)
+        cam = grad_cam(model, feature, positive=positive)
+        label = LABELS[model.task][int(positive)]
         if model.task == "expansion":
             background, title = feature.crop[2], "largest axial section (HU 0-100)"
         else:
@@ -86,7 +92,8 @@ def write_cams(model: ClassifierModel, features: list[LesionFeatures], subject: 
             ax.set_axis_off()
         axes[1].imshow(cam.T, cmap="jet", alpha=0.45, origin="lower", vmin=0, vmax=1)
         axes[0].set_title(title, fontsize=8)
-        axes[1].set_title(f"Grad-CAM, p={probability:.2f} (threshold {model.threshold:.2f})", fontsize=8)
+        axes[1].set_title(f"Grad-CAM for '{label}', p={probability:.2f} (threshold {model.threshold:.2f})"
+                          + ("" if cam.max() > 0 else ": no region stands out"), fontsize=8)
         fig.suptitle(f"{subject} lesion {feature.lesion_id} ({model.task})", fontsize=9)
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
