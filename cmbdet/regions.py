@@ -9,7 +9,7 @@ MNI's are taken as they are. Brain masks of SWI/GRE often reach into the face an
 where MNI has none costs `LEAK_WEIGHT` of the reverse, so such a leak does not pull the fit. Small
 priors toward an upright head of MNI's size settle fields of view that cut both ends of the brain
 (they also pull a head pitched 25° back by a few degrees). Four fits (as the header says and turned
-180° about each axis; those three stop after `TURNED_FIT_EVALS` evaluations), about 0.8 s per scan.
+180° about each axis), about 1.3 s per scan.
 
 A detection's position is mapped through the inverse of that fit into MNI space and looked up in
 `cmbdet.anatomy.mni_region_map`; a point just outside the MNI brain takes the nearest region. An
@@ -150,10 +150,8 @@ class _Fit:
     at_limit: bool  # a rotation or scale ended at (within 2 % of) its bound
 
 
-def _fit_mni(mni: _CoarseMask, points_mm: np.ndarray, values: np.ndarray, centre_mm: np.ndarray, *,
-             max_evals: int = 3000) -> _Fit:
-    """MNI152 fitted to the scan's smoothed mask ``values`` at ``points_mm`` (see the module docstring),
-    with at most ``max_evals`` evaluations of the mismatch."""
+def _fit_mni(mni: _CoarseMask, points_mm: np.ndarray, values: np.ndarray, centre_mm: np.ndarray) -> _Fit:
+    """MNI152 fitted to the scan's smoothed mask ``values`` at ``points_mm`` (see the module docstring)."""
     mni_centre, mni_to_voxel = mni.centre_mm(), np.linalg.inv(mni.affine)
 
     def mni_to_scan(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -172,7 +170,7 @@ def _fit_mni(mni: _CoarseMask, points_mm: np.ndarray, values: np.ndarray, centre
 
     starts = [np.r_[np.zeros(5), dz_cm, np.zeros(3)] for dz_cm in np.arange(-4.0, 4.01, 0.8)]
     fitted = optimize.minimize(mismatch, min(starts, key=mismatch), method="Powell",
-                               options={"xtol": 1e-2, "ftol": 1e-4, "maxfev": max_evals})
+                               options={"xtol": 1e-2, "ftol": 1e-4, "maxfev": 3000})
     linear, shift, _ = mni_to_scan(fitted.x)
     at_limit = bool(np.any(np.abs(np.tanh(fitted.x[[0, 1, 2, 6, 7, 8]])) > 0.98))
     return _Fit(linear, shift, float(fitted.fun), at_limit)
@@ -185,11 +183,6 @@ def _fit_mni(mni: _CoarseMask, points_mm: np.ndarray, values: np.ndarray, centre
 #: taken as a wrong header.
 HALF_TURNS = (np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0]))
 TURNED_MARGIN = 0.85
-#: Evaluations allowed to each turned fit (the upright one takes 400-800). Stopping early can only leave
-#: a turned mismatch higher, never flag a correct header; on 4 `beta` and 2 `classic` scans the turned
-#: fits ended 1.6-8 times above the upright mismatch and within 1-20 % of it after 200 evaluations, so a
-#: truly turned head (whose turned fit is the right one) falls far below the margin well before 300.
-TURNED_FIT_EVALS = 300
 
 
 def anchor_to_mni(mask: np.ndarray, mask_affine: np.ndarray) -> MniAnchor:
@@ -220,8 +213,7 @@ def anchor_to_mni(mask: np.ndarray, mask_affine: np.ndarray) -> MniAnchor:
         return MniAnchor(None, "the brain mask fits MNI152 only at the limits of head tilt or brain size: MARS "
                                "regions not assigned, region=unknown")
     for turn in HALF_TURNS:
-        turned = _fit_mni(mni, centre + (points_mm - centre) @ turn, values, centre, max_evals=TURNED_FIT_EVALS)
-        if turned.cost < TURNED_MARGIN * fit.cost:
+        if _fit_mni(mni, centre + (points_mm - centre) @ turn, values, centre).cost < TURNED_MARGIN * fit.cost:
             return MniAnchor(None, "the brain fits MNI152 better turned 180 degrees than as the image's orientation "
                                    "header says: check the header; MARS regions not assigned, region=unknown")
     forward = np.eye(4)
