@@ -321,7 +321,7 @@ def _repair_non_finite(data: np.ndarray, name: str, notes: list[str]) -> np.ndar
     n_bad = int(bad.sum())
     if n_bad == 0:
         return data
-    if data.size - n_bad < 1000:
+    if data.size - n_bad < 0.01 * data.size:
         raise InputError(name, f"{n_bad / data.size:.0%} of voxels are NaN or infinite; not a usable scan")
     data = data.copy()
     n_inside = 0
@@ -329,7 +329,7 @@ def _repair_non_finite(data: np.ndarray, name: str, notes: list[str]) -> np.ndar
         volume, hole = data[(..., *index)], bad[(..., *index)]
         if not hole.any():
             continue
-        components, n = ndimage.label(hole)
+        components, _ = ndimage.label(hole)
         edge = np.zeros(hole.shape, bool)
         for axis in range(3):
             edge[(slice(None),) * axis + (0,)] = edge[(slice(None),) * axis + (-1,)] = True
