@@ -69,6 +69,7 @@ def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto", *,
         EARLIER_OUTPUT,
         NOT_MAGNITUDE_PARTS,
         _earlier_outputs,
+        _is_bids_root,
         _is_nifti,
         _read_list,
         _under,
@@ -85,13 +86,13 @@ def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto", *,
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            outputs = _earlier_outputs(path)
+            outputs, bids_root = _earlier_outputs(path), _is_bids_root(path)
             found = []
             for p in sorted(path.rglob("*")):
                 if not p.is_file() or not _is_nifti(p) or p.name.startswith(".") or _under(p, excluded):
                     continue
                 top = p.relative_to(path).parts[0]
-                why = (EARLIER_OUTPUT if _under(p, outputs) else f"under {top}/" if top in BIDS_NON_RAW
+                why = (EARLIER_OUTPUT if _under(p, outputs) else f"under {top}/" if bids_root and top in BIDS_NON_RAW
                        else f"part-{entities(p)['part']}" if entities(p).get("part") in NOT_MAGNITUDE_PARTS else "")
                 if why:
                     skipped[why] = skipped.get(why, 0) + 1
