@@ -228,8 +228,8 @@ def scan_filter(path: Path) -> str | None:
 
 
 def _earlier_outputs(folder: Path) -> list[Path]:
-    """Folders under ``folder`` (itself included) that an earlier cmbdet run wrote: a ``run.json`` naming
-    ``cmbdet_version`` beside its tables. Their label maps are never scans."""
+    """Folders under ``folder`` (itself included) that an earlier cmbdet run wrote: those holding a
+    ``run.json`` that names ``cmbdet_version``. Their label maps are never scans."""
     found = []
     for path in folder.rglob("run.json"):
         try:
@@ -520,8 +520,8 @@ def run_batch(
                 skipped += 1
                 continue
             done.pop(subject.subject, None)
-            if subject.subject in known:  # redone: what the earlier run wrote goes (a picture this run
-                _remove_subject_files(outdir, [known[subject.subject]], job.name)  # may not make, say)
+            if subject.subject in known:  # redone: the earlier run's files go (this run may not make them all)
+                _remove_subject_files(outdir, [known[subject.subject]], job.name)
             todo.append((subject, hashes))
 
         tables = _TableWriter(outdir, job.tables, done, table_interval_s)
