@@ -416,3 +416,14 @@ def test_grad_cam_shows_the_evidence_for_the_label_given(expansion_weights):
     assert toward.shape == against.shape == (64, 64)
     assert max(toward.max(), against.max()) == 1.0  # one of the two labels has evidence somewhere
     assert not np.allclose(toward, against)
+
+
+def test_the_model_column_names_the_weights_file(expansion_weights, tmp_path):
+    import shutil
+
+    from cmbdet.classify.model import load_classifier
+
+    assert load_classifier("expansion").name == "classifier_expansion"  # the shipped weights
+    mine = tmp_path / "my_model.safetensors"
+    shutil.copy(expansion_weights, mine)
+    assert load_classifier("expansion", mine).name == "my_model"

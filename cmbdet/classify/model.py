@@ -57,6 +57,8 @@ class ClassifierModel:
 
     @property
     def name(self) -> str:
+        """The model column of classification.csv: the weights file's name (``classifier_hbm`` for the shipped
+        ones), unless the weights name themselves."""
         return str(self.metadata.get("model_name", f"classifier_{self.task}"))
 
     def cnn_logits(self, crops: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -133,5 +135,5 @@ def load_classifier(task: str, path: str | Path | None = None, *, device: str | 
     chains = {name: LinearChain.from_arrays(arrays, name) for name in meta.get("chains", [])}
     return ClassifierModel(task=task, net=net, threshold=float(meta["threshold"]),
                            names=tuple(meta.get("radiomics_names", [])), chains=chains,
-                           tab_mean=arrays.get("tab.mean"), tab_scale=arrays.get("tab.scale"), metadata=meta,
-                           device=dev)
+                           tab_mean=arrays.get("tab.mean"), tab_scale=arrays.get("tab.scale"),
+                           metadata={"model_name": path.name.removesuffix(".safetensors"), **meta}, device=dev)
