@@ -203,7 +203,7 @@ def reuse_lesions(unit: LesionUnit, lesions_dir: Path) -> tuple[Lesions, Volume,
     if not label_path.is_file():
         raise InputError(label_path, f"no label map of subject {unit.subject} in the --lesions folder "
                                      "(run `cmbdet lesions` on this input first)")
-    record = record_path(lesions_dir, unit.subject, "lesions")
+    record = record_path(lesions_dir, unit.subject, LesionsJob.name)
     if record.is_file():
         try:
             made_from = set(json.loads(record.read_text()).get("input_sha256") or ())
