@@ -543,19 +543,23 @@ def _classify(args) -> int:
 def _run_subjects(job, subjects, args, describe, table: str) -> int:
     """Run a lesions/classify job over its subjects with the shared runner and the batch options;
     print the summary line; exit code 1 when a subject failed."""
+    from functools import partial
+
     from cmbdet.batch import progress_printer, run_batch
+    from cmbdet.report import write_report
 
     progress, close = progress_printer(len(subjects), quiet=args.quiet, describe=describe)
     try:
         result = run_batch(job, subjects, args.outdir, workers=args.workers, use_ray=args.ray is not None,
-                           ray_address=args.ray or None, overwrite=args.overwrite, progress=progress)
+                           ray_address=args.ray or None, overwrite=args.overwrite, progress=progress,
+                           report=partial(write_report, tables=list(job.tables)))
     finally:
         close()
     failed = len(result.failed)
     if not args.quiet:
         done_before = f", {result.skipped_done} already done" if result.skipped_done else ""
         cleaned = f", {len(result.cleaned)} stale temp file(s) removed" if result.cleaned else ""
-        print(f"wrote {Path(args.outdir) / table} and counts.csv; {len(result.records) - failed} ok, "
+        print(f"wrote {Path(args.outdir) / table}, counts.csv and index.html; {len(result.records) - failed} ok, "
               f"{failed} failed{done_before}{cleaned}", file=sys.stderr)
     return 1 if failed else 0
 

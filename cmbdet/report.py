@@ -1,9 +1,9 @@
-"""``OUTDIR/index.html``: the page a person opens to review a cohort run.
+"""``OUTDIR/index.html``: the page a person opens to review a cohort run (detect, lesions, classify).
 
 One static HTML file (inline CSS, no script, nothing fetched from anywhere) that links only to files
-inside OUTDIR by relative paths: the run's settings and versions, the counts per subject and region
-with failures and their messages, then each subject's review picture with links to its label map,
-markups and candidates.
+inside OUTDIR by relative paths: the run's settings and versions, the counts per subject (and region)
+with failures and their messages, then each subject's pictures (review picture, class-activation maps)
+with links to its label map, sidecar, markups and candidates.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from cmbdet.batch import SubjectRecord
 #: Packages whose installed versions the report lists (read from their metadata, not imported).
 REPORTED_PACKAGES = ("cmbdet", "torch", "ultralytics", "nibabel", "numpy", "scipy", "scikit-image")
 #: Record file kinds linked from a subject's section (in this order), with their link text.
-LINKED_FILES = {"label_map": "label map (NIfTI)", "markups": "markups (3D Slicer)",
-                "candidates_csv": "all candidates (CSV)"}
+LINKED_FILES = {"label_map": "label map (NIfTI)", "sidecar": "label map sidecar (JSON)",
+                "markups": "markups (3D Slicer)", "candidates_csv": "all candidates (CSV)"}
+#: Record file kinds shown as pictures: the review picture, then one class-activation map per lesion.
+PICTURE_KINDS = ("review", "cam:")
 #: Columns of a subject's counts row that are not counts.
 NOT_COUNTS = ("subject", "status", "message", "input")
 
@@ -40,13 +42,16 @@ tr.error td { background: #fde8e8; }
 """
 
 
-def write_report(outdir: str | Path, run_info: dict, records: Sequence[SubjectRecord]) -> Path:
-    """Write ``OUTDIR/index.html`` for the subjects' records (sorted by subject); returns its path."""
+def write_report(outdir: str | Path, run_info: dict, records: Sequence[SubjectRecord], *,
+                 tables: Sequence[str] = ("counts.csv", "detections.csv")) -> Path:
+    """Write ``OUTDIR/index.html`` for the subjects' records (sorted by subject); returns its path.
+    ``tables``: the run's tables in OUTDIR, linked at the top."""
     outdir = Path(outdir)
-    return write_text_atomic(outdir / "index.html", report_html(outdir, run_info, records))
+    return write_text_atomic(outdir / "index.html", report_html(outdir, run_info, records, tables=tables))
 
 
-def report_html(outdir: Path, run_info: dict, records: Sequence[SubjectRecord]) -> str:
+def report_html(outdir: Path, run_info: dict, records: Sequence[SubjectRecord], *,
+                tables: Sequence[str] = ("counts.csv", "detections.csv")) -> str:
     """The page's HTML (see module docstring)."""
     records = sorted(records, key=lambda r: r.subject)
     ok = [r for r in records if r.status == "ok"]
@@ -59,11 +64,11 @@ def report_html(outdir: Path, run_info: dict, records: Sequence[SubjectRecord]) 
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>cmbdet report: {_e(outdir.resolve().name)}</h1>",
         f'<p class="note">Written {_e(time.strftime("%Y-%m-%d %H:%M:%S %Z"))}. {len(records)} subject(s): '
-        f"{len(ok)} ok, {len(failed)} failed. Tables: {_link('counts.csv')}, {_link('detections.csv')}, "
-        f"{_link('run.json')}.</p>",
+        f"{len(ok)} ok, {len(failed)} failed. Tables: "
+        + ", ".join(_link(name) for name in (*tables, "run.json") if (outdir / name).is_file()) + ".</p>",
         "<h2>Settings and versions</h2>",
         _settings_table(run_info),
-        "<h2>Counts per subject and region</h2>",
+        "<h2>Counts per subject</h2>",
         _counts_table(records, count_keys),
     ]
     if failed:
@@ -124,9 +129,10 @@ def _subject_section(outdir: Path, record: SubjectRecord, count_keys: list[str])
     counts = ", ".join(f"{k} {record.counts.get(k, '')}" for k in count_keys)
     links = " · ".join(_link(record.files[kind], text) for kind, text in LINKED_FILES.items()
                        if kind in record.files and (outdir / record.files[kind]).is_file())
-    picture = record.files.get("review")
-    image = (f'<img src="{_href(picture)}" alt="review picture of {_e(record.subject)}" loading="lazy">'
-             if picture and (outdir / picture).is_file() else '<p class="note">no review picture (--no-pictures)</p>')
+    pictures = [(kind, path) for prefix in PICTURE_KINDS for kind, path in record.files.items()
+                if (kind == prefix or (prefix.endswith(":") and kind.startswith(prefix))) and (outdir / path).is_file()]
+    image = "".join(f'<img src="{_href(path)}" alt="{_e(kind)} picture of {_e(record.subject)}" loading="lazy">'
+                    for kind, path in pictures) or '<p class="note">no review picture (--no-pictures)</p>'
     note = f'<p class="note">{_e(record.message)}</p>' if record.message else ""
     return (f'<div class="subject" id="{_anchor(record.subject)}"><h3>{_e(record.subject)}</h3>'
             f"<p>{_e(counts)} · {links}</p>{note}{image}</div>")

@@ -31,6 +31,7 @@ from cmbdet.lesions.result import lesions_from_labels
 from cmbdet.volume import volume_from_image
 from tests.conftest import ellipsoid_head
 from tests.test_lesions import LPS_TILTED, save_ct, tiny_ct_head
+from tests.test_report import report_links
 
 
 def _rows(path):
@@ -224,6 +225,10 @@ def test_classify_reuses_lesions_writes_tables_cams_and_resumes(ct_folder, expan
         assert (out / subject / "cam" / f"{subject}_lesion-1_cam.png").stat().st_size > 1000
     compare = _rows(out / "classification_compare.csv")
     assert {r["model"] for r in compare} == {"fused", "deep", "radiomics"}
+    page, urls = report_links(out)  # the cohort page shows the CAM pictures and links the tables
+    assert {"classification.csv", "classification_compare.csv", "counts.csv",
+            "sub-02/cam/sub-02_lesion-1_cam.png"} <= set(urls)
+    assert '<tr class="error"><td>broken</td>' in page
     # a rerun skips what is done (the record is not rewritten) and redoes the failed input only
     record = out / "sub-01" / "sub-01_classify-record.json"
     stamp = record.stat().st_mtime_ns

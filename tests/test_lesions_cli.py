@@ -19,6 +19,7 @@ from cmbdet.lesions.result import LESION_COLUMNS
 from cmbdet.lesions.run import COUNT_COLUMNS
 from tests.conftest import ellipsoid_head
 from tests.test_lesions import LPS_TILTED, save_ct, tiny_ct_head
+from tests.test_report import report_links
 
 
 def _rows(path):
@@ -77,6 +78,12 @@ def test_cli_network_on_ct_writes_everything(ct_inputs, lesion_weights, tmp_path
     n_sub01 = int(next(r["n_lesions"] for r in counts if r["subject"] == "sub-01"))
     labels = np.asarray(nib.load(str(out / "sub-01" / "sub-01_desc-hemorrhage_dseg.nii.gz")).dataobj)
     assert labels.max() == n_sub01
+    # the cohort page: every link inside OUTDIR, each subject's picture, label map and sidecar, the failure
+    page, urls = report_links(out)
+    for expected in ("lesions.csv", "counts.csv", "run.json", "sub-01/sub-01_lesions.png",
+                     "sub-02/sub-02_desc-hemorrhage_dseg.nii.gz", "sub-02/sub-02_desc-hemorrhage_dseg.json"):
+        assert expected in urls, expected
+    assert '<tr class="error"><td>broken</td>' in page and "total_volume_ml" in page
 
 
 def test_cli_classical_with_crops_and_hu_refusal(ct_inputs, tmp_path):

@@ -40,23 +40,30 @@ def report_dir(scan_dir, random_weights, tmp_path) -> Path:
     return out
 
 
-def test_report_links_resolve_inside_outdir_and_it_shows_counts_and_failures(report_dir):
-    page = (report_dir / "index.html").read_text()
+def report_links(outdir: Path) -> tuple[str, list[str]]:
+    """``OUTDIR/index.html``'s text and its URLs, each checked to resolve to a file inside OUTDIR (or an
+    anchor on the page)."""
+    page = (outdir / "index.html").read_text()
     parser = _Links()
     parser.feed(page)
-    assert len(parser.urls) >= 10
     for url in parser.urls:
         parts = urlsplit(url)
         assert not parts.scheme and not parts.netloc, f"URL leaves OUTDIR: {url}"
         if not parts.path:
             assert parts.fragment in parser.ids, f"dangling anchor {url}"
             continue
-        target = (report_dir / unquote(parts.path)).resolve()
-        assert target.is_relative_to(report_dir.resolve()), f"URL leaves OUTDIR: {url}"
+        target = (outdir / unquote(parts.path)).resolve()
+        assert target.is_relative_to(outdir.resolve()), f"URL leaves OUTDIR: {url}"
         assert target.is_file(), f"broken link {url}"
+    return page, parser.urls
+
+
+def test_report_links_resolve_inside_outdir_and_it_shows_counts_and_failures(report_dir):
+    page, urls = report_links(report_dir)
+    assert len(urls) >= 10
     for expected in ("sub-01_ses-1/sub-01_ses-1_review.png", "sub-02/sub-02_desc-cmb_dseg.nii.gz",
                      "sub-02/sub-02_cmb.mrk.json", "counts.csv"):
-        assert expected in parser.urls, expected
+        assert expected in urls, expected
     assert '<tr class="error"><td>sub-03 broken_swi</td>' in page and "not a readable NIfTI" in page
     assert "threshold" in page and "torch" in page
 
