@@ -171,3 +171,11 @@ def test_two_inputs_with_one_subject_id_are_refused_before_any_work(tmp_path, ca
     err = capsys.readouterr().err
     assert "'head' is given twice" in err and "a/head.nii.gz" in err and "b/head.nii.gz" in err
     assert not (out / "counts.csv").exists()
+    # one subject's MRI sequences given --modality ct: said as such, not as a name clash
+    (tmp_path / "mri").mkdir()
+    for sequence in ("T1w", "FLAIR"):
+        save_ct(tmp_path / "mri" / f"sub-01_{sequence}.nii.gz", tiny_ct_head(RAS, shape=(60, 70, 24)), RAS)
+    assert main(["lesions", str(tmp_path / "mri"), "-o", str(out), "--classical", "--modality", "ct"]) == 2
+    err = capsys.readouterr().err
+    assert "named as MRI sequences of one subject (FLAIR and T1w)" in err and "--modality mri" in err
+    assert not (out / "counts.csv").exists()

@@ -276,10 +276,18 @@ class LesionSubject(Subject):
 def lesion_subjects(units: Sequence[LesionUnit]) -> list[LesionSubject]:
     """The units as the batch runner's subjects. Two units with one subject id are refused (an
     `InputError` naming both inputs) before any work starts, as ``cmbdet detect`` does."""
+    from cmbdet.lesions.mri import sequence_of
+
     seen: dict[str, LesionUnit] = {}
     for unit in units:
         if unit.subject in seen:
-            raise InputError(None, f"subject id {unit.subject!r} is given twice: {seen[unit.subject].input} and "
+            first = seen[unit.subject]
+            sequences = [sequence_of(u.input) for u in (first, unit)]
+            if first.modality == unit.modality == "ct" and all(sequences):
+                raise InputError(None, f"{first.input} and {unit.input} are named as MRI sequences of one subject "
+                                       f"({' and '.join(sequences)}), but --modality ct reads each file as a CT of "
+                                       "its own; leave --modality out (auto) or give --modality mri")
+            raise InputError(None, f"subject id {unit.subject!r} is given twice: {first.input} and "
                                    f"{unit.input}; give each scan a distinct file name (e.g. BIDS sub-/ses-), or "
                                    "one subject's MRI sequences in one folder")
         seen[unit.subject] = unit
