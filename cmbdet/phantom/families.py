@@ -11,6 +11,7 @@ training). The headline figures in the README and model cards are test-family fi
 | ``randomized`` | training | the same anatomy with domain randomization (:mod:`.randomize`) |
 | ``beta`` | validation | an independent simulator (:mod:`.beta`) |
 | ``gamma`` | test | an independent simulator (:mod:`.gamma`), frozen |
+| ``delta`` | validation | an independent simulator (:mod:`.delta`): spline veins, dipole foci |
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ FAMILIES = {
         # revision 2: medullary vein stubs (walkers stopped after 1-2 mm: microbleed-shaped blobs) dropped
         Family("beta", "validation", "an independent simulator (validation: model and threshold choice)", revision=2),
         Family("gamma", "test", "an independent simulator written separately, frozen (test: headline figures)"),
+        Family("delta", "validation", "an independent simulator (validation: model and threshold choice)"),
     )
 }
 
