@@ -68,6 +68,18 @@ def steep_vein_points(rng: np.random.Generator, veins: VeinSamples, grid: SliceG
     return out
 
 
+def flow_void_points(veins: VeinSamples, grid: SliceGrid) -> list[dict]:
+    """The middle of each artery drawn as a flow void (listed as kind 'vein')."""
+    out = []
+    artery = veins.kind == KINDS.index("artery")
+    for v in np.unique(veins.vein[artery]):
+        idx = np.flatnonzero(veins.vein == v)
+        w = veins.points[idx[len(idx) // 2]]
+        if grid.inside(w, 1.0):
+            out.append(_row(w, kind="vein", detail=f"artery flow void r={veins.radius_mm[idx[len(idx) // 2]]:.2f}mm"))
+    return out
+
+
 def make_subject(rng: np.random.Generator, *, subject: str, tiny: bool = False) -> PhantomSubject:
     """One simulated delta scan and its truth, deterministic for a given ``rng`` state.
 
@@ -129,6 +141,7 @@ def make_subject(rng: np.random.Generator, *, subject: str, tiny: bool = False) 
                      core_mm=round(f.core_mm, 3), strength=round(f.strength, 3)) for f in cmbs]
     mimics = landmark_mimics(pose, grid.inside)
     mimics += [_row(f.centre_world, kind=f.kind, detail=f"{f.detail} d={f.diameter_mm:.1f}mm") for f in focal]
+    mimics += flow_void_points(veins, grid)
     mimics += steep_vein_points(rng, veins, grid, in_brain, [f.centre_world for f in cmbs + focal],
                                 limit=10 if tiny else 25)
     times["total_s"] = time.perf_counter() - t0

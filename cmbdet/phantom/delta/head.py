@@ -192,7 +192,7 @@ def signal_map(maps: MniMaps, tc: TissueContrast, te_ms: float) -> np.ndarray:
     top = tc.rim_csf_mm + tc.skull_mm
     scalp = _ramp(d, top, top + tc.scalp_mm)
     head = rim * s("csf") + skull * s("skull") + scalp * s("scalp")
-    head = np.maximum(head, maps.lower_head * s("soft") * (d > 0))
+    head = np.maximum(head, maps.lower_head * s("soft") * np.clip(d + 0.5, 0.0, 1.0))
     head = np.maximum(head, maps.cistern * s("csf"))
     head = head * (1.0 - maps.air) + maps.eyes * s("vitreous")
     out += (head * outside).astype(np.float32)

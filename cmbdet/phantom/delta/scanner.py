@@ -22,7 +22,7 @@ from cmbdet.anatomy import MniMaps
 from .foci import Focus
 from .head import HeadPose, rotation_about
 from .protocol import FINE_VOXEL_BUDGET, DeltaProtocol
-from .veins import VeinSamples
+from .veins import KINDS, VeinSamples
 
 
 @dataclass(frozen=True)
@@ -193,6 +193,25 @@ def render_foci(mag: np.ndarray, phase: np.ndarray, grid: SliceGrid, foci: list[
         phase[box] += phi.reshape(shp).astype(np.float32)
 
 
+def _tube_occupancy(radius: np.ndarray, d: np.ndarray, vperp: np.ndarray, excess: np.ndarray, tangent: np.ndarray,
+                    grid: SliceGrid) -> np.ndarray:
+    """Fraction of each fine (box) voxel inside a tube of ``radius`` (mm, (N,)) whose axis passes
+    ``d`` mm from the voxel centre (perpendicular offset ``vperp`` (N, 3) and axis ``tangent`` (N, 3),
+    world; ``excess`` mm beyond the tube's end).  Wide tubes: a flat top with a one-voxel ramp;
+    thin ones: the tube's volume in the voxel (pi r^2 x chord) given to the voxels its axis crosses."""
+    fv = grid.fine_voxel_mm
+    t_grid = tangent @ grid.axes
+    h = np.sqrt(0.5 * ((1 - t_grid ** 2) * fv ** 2).sum(1))
+    chord = 1.0 / np.max(np.abs(t_grid) / fv, axis=1)
+    share = np.minimum(np.pi * radius ** 2 * chord / float(np.prod(fv)), 1.0)
+    n = np.abs(vperp @ grid.axes) / fv
+    soft = radius[:, None] / fv + 0.15
+    in_box = np.prod(np.clip((0.5 - n) / soft + 0.5, 0.0, 1.0), axis=1)
+    tail = np.exp(-0.5 * (excess / np.maximum(radius, 0.3)) ** 2)
+    wide = np.clip((radius - d) / h + 0.5, 0.0, 1.0)
+    return np.where(radius >= h, wide, share * in_box * tail)
+
+
 def render_veins(mag: np.ndarray, phase: np.ndarray, grid: SliceGrid, veins: VeinSamples, w_te: float,
                  chi_ppm: float, blood_signal: float) -> None:
     """Veins as magnetised cylinders: intravascular blood signal and phase, extravascular 2-D
@@ -202,9 +221,11 @@ def render_veins(mag: np.ndarray, phase: np.ndarray, grid: SliceGrid, veins: Vei
     fv = grid.fine_voxel_mm
     fa = grid.fine_affine
     inv = np.linalg.inv(fa)
-    sin2 = 1.0 - veins.tangent[:, 2] ** 2
+    artery = veins.kind == KINDS.index("artery")  # flow voids: no deoxyhaemoglobin, no signal
+    sin2 = np.where(artery, 0.0, 1.0 - veins.tangent[:, 2] ** 2)
     reach = veins.radius_mm + (w_te * chi_ppm * sin2 * veins.radius_mm ** 2 * fv.max() / 0.3) ** (1.0 / 3.0)
-    reach = np.minimum(reach, 10.0) + 0.6 * fv.max()
+    bloom = veins.radius_mm * np.sqrt(np.maximum(w_te * chi_ppm / 2.0 * sin2, 1.0))
+    reach = np.minimum(np.maximum(reach, bloom), 10.0) + 0.8 * fv.max()
     centre = np.rint(veins.points @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
     shape = np.array(grid.fine_shape)
     lin_all = []
@@ -225,7 +246,9 @@ def render_veins(mag: np.ndarray, phase: np.ndarray, grid: SliceGrid, veins: Vei
     dist, near = cKDTree(veins.points).query(w, k=1)
     p, t, r = veins.points[near], veins.tangent[near], veins.radius_mm[near]
     keep = dist <= reach[near]
-    w, p, t, r, lin = w[keep], p[keep], t[keep], r[keep], lin[keep]
+    w, p, t, r, lin, near = w[keep], p[keep], t[keep], r[keep], lin[keep], near[keep]
+    void = artery[near]
+    chi = np.where(void, 0.0, chi_ppm)
     v = w - p
     along = (v * t).sum(1)
     vperp = v - along[:, None] * t
@@ -240,24 +263,25 @@ def render_veins(mag: np.ndarray, phase: np.ndarray, grid: SliceGrid, veins: Vei
     cos_psi = (e_rho * b_perp).sum(1)
     sin_psi = (e_rho * np.cross(t, b_perp)).sum(1)
     cos2, sin2psi = 2 * cos_psi ** 2 - 1, 2 * sin_psi * cos_psi
-    dd = np.maximum(d, r)
-    amp = w_te * chi_ppm / 2.0 * s2 * r ** 2  # phase_out = -amp cos(2 psi) / d^2
+    # static dephasing: within r_bloom of the axis the extravascular phase exceeds ~1 rad and the
+    # spins there cancel; beyond it the voxel keeps a coherent phase with a sinc loss of its gradient
+    surface_phase = w_te * chi / 2.0 * s2  # |phase| at the vessel wall (rad)
+    r_bloom = r * np.sqrt(np.maximum(surface_phase, 1.0))
+    dd = np.maximum(d, r_bloom)
+    amp = surface_phase * r ** 2  # phase_out = -amp cos(2 psi) / d^2
     phi_out = -amp * cos2 / dd ** 2
     e_psi = np.cross(t, e_rho)
     grad = (2 * amp / dd ** 3)[:, None] * (cos2[:, None] * e_rho + sin2psi[:, None] * e_psi)
-    loss = np.where(d > r, _sinc_loss(grad, grid), 1.0)
-    phi_in = -w_te * chi_ppm / 6.0 * (3 * tz ** 2 - 1)
-    # blood occupancy of the voxel: flat-topped for wide veins, a small Gaussian for thin ones
-    h2 = 0.5 * (((1 - (grid.axes.T @ t.T) ** 2) * (fv ** 2)[:, None]).sum(0))
-    h = np.sqrt(h2)
-    sig2 = h2 / 8.0 + r ** 2 / 2.0
-    thin = np.minimum(r ** 2 / (2 * sig2), 1.0) * np.exp(-d ** 2 / (2 * sig2))
-    wide = np.clip((r - d) / h + 0.5, 0.0, 1.0)
-    occ = np.where(r >= h, wide, thin)
+    loss = _sinc_loss(grad, grid)
+    phi_in = -w_te * chi / 6.0 * (3 * tz ** 2 - 1)
+    inside_signal = np.where(void, 0.03 * blood_signal, blood_signal)
+    occ_blood = _tube_occupancy(r, d, vperp, excess, t, grid)
+    occ_bloom = np.maximum(_tube_occupancy(r_bloom, d, vperp, excess, t, grid), occ_blood)
     flat_mag = mag.reshape(-1)
     flat_phase = phase.reshape(-1)
     tissue = flat_mag[lin]
-    s = (1.0 - occ) * tissue * loss * np.exp(1j * phi_out) + occ * blood_signal * np.exp(1j * phi_in)
+    s = ((1.0 - occ_bloom) * tissue * loss * np.exp(1j * phi_out) + occ_blood * inside_signal * np.exp(1j * phi_in)
+         + 0.1 * (occ_bloom - occ_blood) * tissue)
     flat_mag[lin] = np.abs(s).astype(np.float32)
     flat_phase[lin] += np.angle(s).astype(np.float32)
 

@@ -20,7 +20,7 @@ from cmbdet.anatomy import DEEP, LOBAR, MniMaps
 
 from .head import HeadPose
 
-KINDS = ("medullary", "perforator", "pial", "deep", "sinus")
+KINDS = ("medullary", "perforator", "pial", "deep", "sinus", "artery")
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,15 @@ def grow_veins(rng: np.random.Generator, maps2: MniMaps, pose: HeadPose, *, dens
     paths.append((galen, rng.uniform(1.0, 1.5), rng.uniform(1.3, 1.9), 3))
     straight = np.array([[0.0, -50.0, 4.0], [0.0, -70.0, 4.0], [0.0, -90.0, 3.0], [0.0, -102.0, 2.0]])
     paths.append((straight + rng.normal(0.0, 1.0, (4, 3)), rng.uniform(1.6, 2.2), rng.uniform(2.0, 2.8), 4))
+    # arteries (flow voids: no susceptibility, no signal inside): basilar, carotid siphons, M1 segments
+    basilar = np.array([[0.0, -24.0, -50.0], [0.0, -19.0, -36.0], [0.0, -15.0, -24.0], [0.0, -13.0, -15.0]])
+    paths.append((basilar + rng.normal(0.0, 1.0, (4, 3)), rng.uniform(1.2, 1.7), rng.uniform(1.2, 1.7), 5))
+    for sx in (-1.0, 1.0):
+        carotid = np.array([[16.0, 0.0, -40.0], [17.0, 4.0, -30.0], [15.0, 2.0, -20.0], [14.0, 2.0, -16.0]])
+        m1 = np.array([[14.0, 2.0, -16.0], [25.0, 3.0, -15.0], [36.0, 2.0, -11.0], [44.0, -4.0, -4.0]])
+        for route, r in ((carotid, 1.8), (m1, 1.2)):
+            ctrl = route * np.array([sx, 1.0, 1.0]) + rng.normal(0.0, 0.8, route.shape)
+            paths.append((ctrl, r * rng.uniform(0.8, 1.1), r * rng.uniform(0.7, 1.0), 5))
     ys = np.linspace(62.0, -100.0, 10)
     sss = np.stack([np.zeros_like(ys), ys, np.full_like(ys, 95.0)], axis=1)
     sss = _project(sss, maps2, grad, float(rng.uniform(2.0, 4.0)))
