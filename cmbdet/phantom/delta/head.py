@@ -185,9 +185,13 @@ def signal_map(maps: MniMaps, tc: TissueContrast, te_ms: float) -> np.ndarray:
     def s(name: str) -> np.float32:
         return np.float32(pd[name] * np.exp(-te * r2[name]))
 
-    d = maps.d_env
-    outside = ~maps.brain
-    rim = _ramp(d, -10.0, tc.rim_csf_mm) * outside
+    # the envelope distance is an EDT of a voxel mask: smooth it so the skull's iso-surfaces are smooth
+    d = ndi.gaussian_filter(maps.d_env, 1.5 / maps.resolution, truncate=2.0)
+    # the template's brain mask is binary: blend brain and head over about a voxel (no staircase)
+    brain_frac = ndi.gaussian_filter(maps.brain.astype(np.float32), 0.8, truncate=2.0)
+    out *= brain_frac
+    outside = 1.0 - brain_frac
+    rim = _ramp(d, -10.0, tc.rim_csf_mm)
     skull = _ramp(d, tc.rim_csf_mm, tc.rim_csf_mm + tc.skull_mm)
     top = tc.rim_csf_mm + tc.skull_mm
     scalp = _ramp(d, top, top + tc.scalp_mm)
