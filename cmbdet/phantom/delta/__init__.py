@@ -106,7 +106,7 @@ def make_subject(rng: np.random.Generator, *, subject: str, tiny: bool = False) 
     times["veins_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    signal = signal_map(maps, tc, proto.te_ms)
+    signal = signal_map(maps, tc, proto.te_ms, rng)
     field = field_map_ppm(maps2, pose, tc, rng)
     mag, phase = sample_head(grid, pose, signal, maps, field, maps2, w_te)
     del signal, field

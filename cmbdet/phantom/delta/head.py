@@ -102,6 +102,7 @@ class TissueContrast:
     sulcal_widen_mm: float
     air_field_gain: float  # residual (after shim) air-tissue field, fraction of the ideal one
     iron_chi_ppm: float
+    texture: float  # relative std of the tissue grain
 
 
 def sample_contrast(rng: np.random.Generator, field_t: float) -> TissueContrast:
@@ -130,6 +131,7 @@ def sample_contrast(rng: np.random.Generator, field_t: float) -> TissueContrast:
         ventricle_grow_mm=float(rng.uniform(0.0, 4.0) if rng.random() < 0.6 else 0.0),
         sulcal_widen_mm=float(rng.uniform(0.0, 1.5)),
         air_field_gain=float(rng.uniform(0.05, 0.2)), iron_chi_ppm=float(rng.uniform(0.03, 0.12)),
+        texture=float(rng.uniform(0.01, 0.05)),
     )
 
 
@@ -154,8 +156,9 @@ def _ramp(d: np.ndarray, start: float, stop: float) -> np.ndarray:
     return np.clip(np.minimum(d - start, stop - d) + 0.5, 0.0, 1.0)
 
 
-def signal_map(maps: MniMaps, tc: TissueContrast, te_ms: float) -> np.ndarray:
-    """GRE magnitude (arbitrary units, WM about 0.3–0.6) on the MNI head grid, (X, Y, Z) float32."""
+def signal_map(maps: MniMaps, tc: TissueContrast, te_ms: float, rng: np.random.Generator) -> np.ndarray:
+    """GRE magnitude (arbitrary units, WM about 0.3–0.6) on the MNI head grid, (X, Y, Z) float32,
+    with a fine multiplicative tissue texture (a few per cent, ~1–2 mm grain)."""
     te = te_ms / 1000.0
     gm, wm, csf = maps.gm.copy(), maps.wm.copy(), maps.csf.copy()
     if tc.ventricle_grow_mm > 0:  # atrophy: periventricular tissue becomes CSF
@@ -181,6 +184,11 @@ def signal_map(maps: MniMaps, tc: TissueContrast, te_ms: float) -> np.ndarray:
     out += wm * pd["wm"] * np.exp(-te * r2_wm)
     del r2_gm, r2_wm
     out += csf * np.float32(pd["csf"] * np.exp(-te * r2["csf"]))
+    grain = ndi.gaussian_filter(rng.standard_normal(maps.shape, dtype=np.float32), 0.8 / maps.resolution,
+                                truncate=2.0)
+    grain *= np.float32(tc.texture / max(float(grain.std()), 1e-6))
+    out *= 1.0 + grain
+    del grain
 
     def s(name: str) -> np.float32:
         return np.float32(pd[name] * np.exp(-te * r2[name]))

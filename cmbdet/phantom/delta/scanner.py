@@ -186,7 +186,7 @@ def render_foci(mag: np.ndarray, phase: np.ndarray, grid: SliceGrid, foci: list[
         loss = np.where(outside, _sinc_loss(-k * grad_f, grid), 1.0)
         dephase = 1.0 - f.strength * (1.0 - loss)
         core = np.clip((f.core_mm - d) / h + 0.5, 0.0, 1.0)
-        core_sig = 1.0 - f.strength * (1.0 - f.core_signal)
+        core_sig = 1.0 - (0.5 + 0.5 * f.strength) * (1.0 - f.core_signal)  # the deposit stays dark
         factor = (1.0 - core) * dephase + core * core_sig
         shp = tuple(s.stop - s.start for s in box)
         mag[box] *= factor.reshape(shp).astype(np.float32)
