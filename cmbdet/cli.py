@@ -697,8 +697,9 @@ def _train_proposer(args) -> int:
                               width=args.width or 8,
                               min_target_sigma_mm=args.min_target_sigma_mm,
                               hard_negative_fraction=args.hard_negatives)
-    proposer.metadata.update(seed=args.seed, training_data=describe_sources(args.data, train),
-                             validation_data=describe_sources(args.val or args.data, val))
+    proposer.metadata.update(seed=args.seed, training_data=describe_sources(args.data, train, role="training"),
+                             validation_data=describe_sources(args.val or args.data, val,
+                                                              role="validation" if args.val else None))
     if val:
         report = validate_proposer(proposer, val)
         proposer.metadata.update(report)
@@ -726,8 +727,8 @@ def _train_reclassifier(args) -> int:
                                       max_candidates=args.max_candidates,
                                       workdir=Path(args.workdir) if args.workdir else None,
                                       log=_training_output(args)[0], progress=_training_output(args)[1])
-    reclassifier.metadata.update(seed=args.seed, training_data=describe_sources(args.data, scans),
-                                 validation_data=describe_sources(args.val or [], val or []))
+    reclassifier.metadata.update(seed=args.seed, training_data=describe_sources(args.data, scans, role="training"),
+                                 validation_data=describe_sources(args.val or [], val or [], role="validation"))
     reclassifier.save(args.output)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

@@ -89,10 +89,12 @@ def read_labelled_set(source: str | Path, truth: str | Path | None = None) -> li
     return scans
 
 
-def describe_sources(sources: Sequence[str | Path], scans: Sequence[LabelledScan]) -> dict:
+def describe_sources(sources: Sequence[str | Path], scans: Sequence[LabelledScan], *, role: str | None = None) -> dict:
     """What a model was trained or validated on, for its weights' metadata — never a path on the
     training machine: each source's name and, for a phantom set, its ``dataset.json`` (family, role,
-    seed, counts); and how many scans and CMBs were used from them all."""
+    seed, counts); and how many scans and CMBs were used from them all. ``role`` (``training`` or
+    ``validation``): the role the sources serve for this model; a set written while its family had
+    another role keeps that one as ``role_when_written``."""
     described = []
     for source in sources:
         source = Path(source)
@@ -100,6 +102,8 @@ def describe_sources(sources: Sequence[str | Path], scans: Sequence[LabelledScan
         entry = {"name": source.name}
         if description.is_file():
             entry.update(json.loads(description.read_text()))
+        if role is not None and entry.get("role", role) != role:
+            entry["role_when_written"], entry["role"] = entry["role"], role
         described.append(entry)
     return {"sources": described, "n_scans": len(scans), "n_cmb": int(sum(len(s.cmb_xyz_mm) for s in scans))}
 

@@ -14,7 +14,9 @@ from cmbdet.phantom.families import FAMILIES, subject_maker
 from cmbdet.phantom.generate import make_subject
 from cmbdet.phantom.randomize import INGREDIENTS, Randomization
 from cmbdet.reclassifier.patches import extract_patches
+from cmbdet.training_data import describe_sources, read_labelled_set
 from cmbdet.volume import volume_from_image
+from cmbdet.weights import read_metadata, shipped_weights
 
 
 def test_roles_cover_training_validation_and_test():
@@ -50,6 +52,23 @@ def test_phantom_cli_writes_family_description(tmp_path):
                                                                          "randomized4_0001.nii.gz"]
     assert main(["phantom", "-o", str(tmp_path / "bad"), "--family", "nope"]) == 2
     assert main(["phantom", "-o", str(tmp_path / "bad"), "--family", "gamma", "--without", "noise"]) == 2
+    # a model's metadata says the role a set served for it; one written under another role keeps that too
+    scans = read_labelled_set(tmp_path / "set")
+    (entry,) = describe_sources([tmp_path / "set"], scans, role="validation")["sources"]
+    assert entry["role"] == "validation" and entry["role_when_written"] == "training"
+    (entry,) = describe_sources([tmp_path / "set"], scans, role="training")["sources"]
+    assert entry["role"] == "training" and "role_when_written" not in entry
+
+
+def test_shipped_detector_metadata_names_its_training_and_validation_families():
+    meta = read_metadata(shipped_weights("reclassifier.safetensors"))
+    training = meta["shape_training_data"]["sources"]
+    assert {s["family"] for s in training} == {"classic", "randomized", "beta"}
+    assert all(s["role"] == "training" for s in training)
+    assert {s["family"] for s in meta["shape_validation_data"]["sources"]} == {"delta"}
+    assert "/" not in json.dumps(training)  # names of sets, never paths on the training machine
+    proposer = read_metadata(shipped_weights("proposer.safetensors"))["training_data"]["sources"]
+    assert {s["family"] for s in proposer} == {"classic", "randomized", "beta"}
 
 
 def _vein_volume() -> nib.Nifti1Image:

@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                                      workdir=work / layout, log=lambda line: print(line, file=sys.stderr))
         seconds = model.metadata.get("train_seconds") or time.perf_counter() - t0
         model.metadata["train_seconds"] = round(seconds)
-        model.metadata.update(seed=args.seed, training_data=describe_sources(args.train, train),
-                              validation_data=describe_sources(args.val, val))
+        model.metadata.update(seed=args.seed, training_data=describe_sources(args.train, train, role="training"),
+                              validation_data=describe_sources(args.val, val, role="validation"))
         model.save(work / f"{layout}.safetensors")
         meta = model.metadata
         row = {"layout": layout, "threshold": model.threshold, "stage1_weight": model.stage1_weight,

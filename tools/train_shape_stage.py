@@ -147,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     reclassifier.stage1_weight = best["stage1_weight"]
     reclassifier.threshold = best["threshold"]
     if not args.keep_shape:
-        reclassifier.metadata.update(shape_training_data=describe_sources(args.train, train), shape_seed=args.seed)
+        reclassifier.metadata.update(shape_training_data=describe_sources(args.train, train, role="training"),
+                                     shape_seed=args.seed)
     reclassifier.metadata.update(
-        max_candidates=best["max_candidates"], shape_validation_data=describe_sources(args.val, val),
+        max_candidates=best["max_candidates"], shape_validation_data=describe_sources(args.val, val, role="validation"),
         operating_point_only=bool(args.keep_shape),
         shape_rule="best validation F1 over candidates x shape share, each at the operating-point rule of the YOLO "
                    "classifier",

@@ -9,9 +9,12 @@ training). The headline figures in the README and model cards are test-family fi
 |---|---|---|
 | ``classic`` | training | the original generator (:mod:`.generate`) |
 | ``randomized`` | training | the same anatomy with domain randomization (:mod:`.randomize`) |
-| ``beta`` | validation | an independent simulator (:mod:`.beta`) |
-| ``gamma`` | test | an independent simulator (:mod:`.gamma`), frozen |
+| ``beta`` | training | an independent simulator (:mod:`.beta`); the validation family until session 16 |
 | ``delta`` | validation | an independent simulator (:mod:`.delta`): spline veins, dipole foci |
+| ``gamma`` | test | an independent simulator (:mod:`.gamma`), frozen |
+
+A set's ``dataset.json`` records the role its family had when the set was written; a model's metadata
+records the role each set served for that model (`cmbdet.training_data.describe_sources`).
 """
 
 from __future__ import annotations
@@ -44,10 +47,12 @@ FAMILIES = {
         Family("randomized", "training", "the original anatomy with domain randomization of tissue contrast, "
                                          "vessels, microbleed profile, noise, SWI processing and slice thickness",
                revision=2),
-        # revision 2: medullary vein stubs (walkers stopped after 1-2 mm: microbleed-shaped blobs) dropped
-        Family("beta", "validation", "an independent simulator (validation: model and threshold choice)", revision=2),
-        Family("gamma", "test", "an independent simulator written separately, frozen (test: headline figures)"),
+        # revision 2: medullary vein stubs (walkers stopped after 1-2 mm: microbleed-shaped blobs) dropped.
+        # The validation family until session 16, when it joined the training families and delta took its role.
+        Family("beta", "training", "an independent simulator (training; the validation family until session 16)",
+               revision=2),
         Family("delta", "validation", "an independent simulator (validation: model and threshold choice)"),
+        Family("gamma", "test", "an independent simulator written separately, frozen (test: headline figures)"),
     )
 }
 
