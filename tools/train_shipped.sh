@@ -3,8 +3,9 @@
 # commands that produced them (times measured on the 2-core machine, shared with other jobs).
 #
 # Roles of the phantom families (cmbdet/phantom/families.py):
-#   training   : classic (the original generator) and randomized (domain randomization)
-#   validation : beta  -- every model choice, stage-2 layout and operating point is made here
+#   training   : classic (the original generator), randomized (domain randomization) and, since session 16, beta
+#   validation : delta since session 16 (beta before: versions 1-3 below were chosen on beta) -- every model
+#                choice, stage-2 layout and operating point is made here
 #   test       : gamma -- never used here; tools/bench_detect.py measures the shipped weights on it
 #
 # Usage: bash tools/train_shipped.sh [DATA_DIR]   (DATA_DIR: where the phantoms go)
@@ -73,3 +74,13 @@ python tools/ablate_randomization.py --base "$DATA/train-classic-s103" --full "$
     --without "$DATA"/rand-without-* --val "${VAL[@]}" --cache "$DATA/shape-stage" --n 40
 
 # Session 9 (stage 1 and stage 2 on randomized revision 2, measured, not shipped): tools/try_rev2_retrain.sh
+
+# --- Version 4 (session 16, shipped): beta joins the training families, delta is the validation family --
+# Stage 1 fine-tuned from version 3's with beta among its training scans, and a shape model refit with beta;
+# the point chosen on delta. tools/try_beta_training.sh has the commands (candidate B there is what ships:
+# its weights are copied into weights/; the metadata of the beta sets was marked role "training",
+# role_when_written "validation", as describe_sources now records it by itself). Its training sets are the
+# randomized revision-2 sets of tools/try_rev2_retrain.sh, not the revision-1 sets above.
+bash tools/try_beta_training.sh "$DATA"
+cp "$DATA/s16/proposer_B.safetensors" weights/proposer.safetensors
+cp "$DATA/s16/reclassifier_B.safetensors" weights/reclassifier.safetensors
