@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="coarse, fast volumes (for tests)")
     p.add_argument("--no-montage", action="store_true", help="skip the slice montages")
     p.add_argument("--family", default="classic",
-                   help="phantom family: for --kind cmb classic, randomized (training), beta, delta (validation), "
+                   help="phantom family: for --kind cmb classic, randomized, beta (training), delta (validation), "
                         "gamma (test), see the README's 'Phantom families'; for --kind ct ct-a (training), ct-b "
                         "(held out); for --kind mri-hemorrhage a site of cmbdet.phantom.hemorrhage_mri")
     p.add_argument("--insert-into", metavar="SCAN",
@@ -698,8 +698,8 @@ def _train_proposer(args) -> int:
                               min_target_sigma_mm=args.min_target_sigma_mm,
                               hard_negative_fraction=args.hard_negatives)
     proposer.metadata.update(seed=args.seed, training_data=describe_sources(args.data, train, role="training"),
-                             validation_data=describe_sources(args.val or args.data, val,
-                                                              role="validation" if args.val else None))
+                             validation_data=describe_sources(args.val or args.data, val,  # a held-out part of
+                                                              role="validation" if args.val else "training"))
     if val:
         report = validate_proposer(proposer, val)
         proposer.metadata.update(report)

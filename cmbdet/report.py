@@ -28,6 +28,8 @@ LINKED_FILES = {"label_map": "label map (NIfTI)", "sidecar": "label map sidecar 
 PICTURE_KINDS = ("review", "cam:")
 #: Columns of a subject's counts row that are not counts.
 NOT_COUNTS = ("subject", "status", "message", "input")
+#: Numeric columns that do not add up over subjects (no total is shown for them).
+NOT_ADDITIVE = ("probability", "threshold")
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -107,19 +109,21 @@ def _settings_table(run_info: dict) -> str:
 def _counts_table(records: Sequence[SubjectRecord], count_keys: list[str]) -> str:
     head = "".join(f"<th>{_e(k)}</th>" for k in ("subject", "status", *count_keys, "message"))
     rows = [f"<table><tr>{head}</tr>"]
-    totals = dict.fromkeys(count_keys, 0)
+    totals: dict[str, float | None] = {k: None if k in NOT_ADDITIVE else 0 for k in count_keys}
     for r in records:
         subject = (f'<a href="#{_anchor(r.subject)}">{_e(r.subject)}</a>' if r.status == "ok" else _e(r.subject))
         cells = [f"<td>{subject}</td>", f"<td>{_e(r.status)}</td>"]
         for key in count_keys:
             value = r.counts.get(key, "")
             cells.append(f'<td class="n">{_e(value)}</td>')
-            if isinstance(value, int):
-                totals[key] += value
+            if r.status != "ok" or totals[key] is None:
+                continue
+            is_number = isinstance(value, int | float) and not isinstance(value, bool)
+            totals[key] = totals[key] + value if is_number else None  # a text column gets no total
         cells.append(f"<td>{_e(r.message)}</td>")
         rows.append(f'<tr class="{_e(r.status)}">{"".join(cells)}</tr>')
     if records:
-        cells = "".join(f'<td class="n">{totals[k]}</td>' for k in count_keys)
+        cells = "".join(f'<td class="n">{"" if totals[k] is None else f"{totals[k]:g}"}</td>' for k in count_keys)
         rows.append(f"<tr><th>total</th><td></td>{cells}<td></td></tr>")
     rows.append("</table>")
     return "\n".join(rows)
@@ -127,15 +131,15 @@ def _counts_table(records: Sequence[SubjectRecord], count_keys: list[str]) -> st
 
 def _subject_section(outdir: Path, record: SubjectRecord, count_keys: list[str]) -> str:
     counts = ", ".join(f"{k} {record.counts.get(k, '')}" for k in count_keys)
-    links = " · ".join(_link(record.files[kind], text) for kind, text in LINKED_FILES.items()
-                       if kind in record.files and (outdir / record.files[kind]).is_file())
+    links = "".join(f" · {_link(record.files[kind], text)}" for kind, text in LINKED_FILES.items()
+                    if kind in record.files and (outdir / record.files[kind]).is_file())
     pictures = [(kind, path) for prefix in PICTURE_KINDS for kind, path in record.files.items()
                 if (kind == prefix or (prefix.endswith(":") and kind.startswith(prefix))) and (outdir / path).is_file()]
     image = "".join(f'<img src="{_href(path)}" alt="{_e(kind)} picture of {_e(record.subject)}" loading="lazy">'
-                    for kind, path in pictures) or '<p class="note">no review picture (--no-pictures)</p>'
+                    for kind, path in pictures) or '<p class="note">no picture for this subject</p>'
     note = f'<p class="note">{_e(record.message)}</p>' if record.message else ""
     return (f'<div class="subject" id="{_anchor(record.subject)}"><h3>{_e(record.subject)}</h3>'
-            f"<p>{_e(counts)} · {links}</p>{note}{image}</div>")
+            f"<p>{_e(counts)}{links}</p>{note}{image}</div>")
 
 
 def _e(value) -> str:

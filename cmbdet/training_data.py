@@ -102,8 +102,10 @@ def describe_sources(sources: Sequence[str | Path], scans: Sequence[LabelledScan
         entry = {"name": source.name}
         if description.is_file():
             entry.update(json.loads(description.read_text()))
-        if role is not None and entry.get("role", role) != role:
-            entry["role_when_written"], entry["role"] = entry["role"], role
+        if role is not None:
+            entry.setdefault("role", role)  # a folder of real scans has no dataset.json
+            if entry["role"] != role:
+                entry["role_when_written"], entry["role"] = entry["role"], role
         described.append(entry)
     return {"sources": described, "n_scans": len(scans), "n_cmb": int(sum(len(s.cmb_xyz_mm) for s in scans))}
 

@@ -31,7 +31,7 @@ from cmbdet.lesions.result import lesions_from_labels
 from cmbdet.volume import volume_from_image
 from tests.conftest import ellipsoid_head
 from tests.test_lesions import LPS_TILTED, save_ct, tiny_ct_head
-from tests.test_report import report_links
+from tests.test_report import report_links, total_row
 
 
 def _rows(path):
@@ -229,6 +229,9 @@ def test_classify_reuses_lesions_writes_tables_cams_and_resumes(ct_folder, expan
     assert {"classification.csv", "classification_compare.csv", "counts.csv",
             "sub-02/cam/sub-02_lesion-1_cam.png"} <= set(urls)
     assert '<tr class="error"><td>broken</td>' in page
+    total = total_row(page)  # lesions add up; labels, tasks and probabilities get no total
+    assert int(total["n_lesions"]) == sum(int(counts[s]["n_lesions"]) for s in ("sub-01", "sub-02"))
+    assert total["task"] == total["label"] == total["probability"] == ""
     # a rerun skips what is done (the record is not rewritten) and redoes the failed input only
     record = out / "sub-01" / "sub-01_classify-record.json"
     stamp = record.stat().st_mtime_ns

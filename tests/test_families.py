@@ -67,8 +67,11 @@ def test_shipped_detector_metadata_names_its_training_and_validation_families():
     assert all(s["role"] == "training" for s in training)
     assert {s["family"] for s in meta["shape_validation_data"]["sources"]} == {"delta"}
     assert "/" not in json.dumps(training)  # names of sets, never paths on the training machine
-    proposer = read_metadata(shipped_weights("proposer.safetensors"))["training_data"]["sources"]
-    assert {s["family"] for s in proposer} == {"classic", "randomized", "beta"}
+    assert {s["family"] for s in meta["operating_point_validation_data"]["sources"]} == {"delta"}
+    proposer = read_metadata(shipped_weights("proposer.safetensors"))
+    assert {s["family"] for s in proposer["training_data"]["sources"]} == {"classic", "randomized", "beta"}
+    # the stage-1-alone threshold (--no-reclassify) was chosen on the validation family too
+    assert [s["family"] for s in proposer["validation_data"]["sources"]] == ["delta"]
 
 
 def _vein_volume() -> nib.Nifti1Image:

@@ -19,7 +19,7 @@ from cmbdet.lesions.result import LESION_COLUMNS
 from cmbdet.lesions.run import COUNT_COLUMNS
 from tests.conftest import ellipsoid_head
 from tests.test_lesions import LPS_TILTED, save_ct, tiny_ct_head
-from tests.test_report import report_links
+from tests.test_report import report_links, total_row
 
 
 def _rows(path):
@@ -83,7 +83,11 @@ def test_cli_network_on_ct_writes_everything(ct_inputs, lesion_weights, tmp_path
     for expected in ("lesions.csv", "counts.csv", "run.json", "sub-01/sub-01_lesions.png",
                      "sub-02/sub-02_desc-hemorrhage_dseg.nii.gz", "sub-02/sub-02_desc-hemorrhage_dseg.json"):
         assert expected in urls, expected
-    assert '<tr class="error"><td>broken</td>' in page and "total_volume_ml" in page
+    assert '<tr class="error"><td>broken</td>' in page
+    total = total_row(page)  # counts and volumes add up over the subjects that ran
+    assert int(total["n_lesions"]) == sum(int(r["n_lesions"]) for r in counts if r["status"] == "ok")
+    assert float(total["total_volume_ml"]) == pytest.approx(
+        sum(float(r["total_volume_ml"]) for r in counts if r["status"] == "ok"), abs=0.01)
 
 
 def test_cli_classical_with_crops_and_hu_refusal(ct_inputs, tmp_path):

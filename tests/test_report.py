@@ -3,6 +3,7 @@ browser renders it."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -56,6 +57,14 @@ def report_links(outdir: Path) -> tuple[str, list[str]]:
         assert target.is_relative_to(outdir.resolve()), f"URL leaves OUTDIR: {url}"
         assert target.is_file(), f"broken link {url}"
     return page, parser.urls
+
+
+def total_row(page: str) -> dict[str, str]:
+    """The counts table's total row as {column: cell text}."""
+    header = re.search(r"<table><tr>((?:<th>[^<]*</th>)+)</tr>", page).group(1)
+    columns = re.findall(r"<th>([^<]*)</th>", header)
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", re.search(r"<tr><th>total</th>(.*?)</tr>", page).group(1))
+    return dict(zip(columns[1:], cells, strict=True))
 
 
 def test_report_links_resolve_inside_outdir_and_it_shows_counts_and_failures(report_dir):

@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                                      shape_seed=args.seed)
     reclassifier.metadata.update(
         max_candidates=best["max_candidates"], shape_validation_data=describe_sources(args.val, val, role="validation"),
+        # what the operating point and the val_* figures below were chosen and measured on (``validation_data``
+        # describes the YOLO classifier's own validation, which may be another set)
+        operating_point_validation_data=describe_sources(args.val, val, role="validation"),
         operating_point_only=bool(args.keep_shape),
         shape_rule="best validation F1 over candidates x shape share, each at the operating-point rule of the YOLO "
                    "classifier",

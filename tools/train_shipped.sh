@@ -29,9 +29,9 @@ cmbdet train proposer --data "$DATA/train-s1" "$DATA/train-s2" "$DATA/train-s3" 
     --init "$DATA/proposer_round2.safetensors" -o "$DATA/proposer_round3.safetensors" --steps 1200 --lr 1e-3 \
     --batch-size 8 --seed 2
 
-# --- Version 2 (this one): domain randomization, validation on another family -------------------
+# --- Version 2: domain randomization, validation on another family -------------------
 # (the shipped weights saw revision 1 of the randomized family, slices <= 4 mm: `--without resolution`
-# draws exactly that; revision 2 adds 4-6 mm slices on 40 % of scans and is not yet in any shipped model)
+# draws exactly that; revision 2 adds 4-6 mm slices on 40 % of scans; version 4 below was trained on it)
 phantoms "$DATA/train-rand-s101" 50 101 randomized --without resolution     # ~5 s per scan
 phantoms "$DATA/train-rand-s102" 50 102 randomized --without resolution
 phantoms "$DATA/train-classic-s103" 50 103 classic
@@ -78,9 +78,13 @@ python tools/ablate_randomization.py --base "$DATA/train-classic-s103" --full "$
 # --- Version 4 (session 16, shipped): beta joins the training families, delta is the validation family --
 # Stage 1 fine-tuned from version 3's with beta among its training scans, and a shape model refit with beta;
 # the point chosen on delta. tools/try_beta_training.sh has the commands (candidate B there is what ships:
-# its weights are copied into weights/; the metadata of the beta sets was marked role "training",
-# role_when_written "validation", as describe_sources now records it by itself). Its training sets are the
+# its weights are copied into weights/. The shipped files' metadata was written by describe_sources with
+# the roles each set served -- role "training" for the beta sets, role_when_written "validation" -- (the
+# first copies were made before describe_sources recorded roles, and their metadata was corrected to
+# what it now writes); the stage-1-alone threshold was then chosen on delta, below). Its training sets are the
 # randomized revision-2 sets of tools/try_rev2_retrain.sh, not the revision-1 sets above.
 bash tools/try_beta_training.sh "$DATA"
-cp "$DATA/s16/proposer_B.safetensors" weights/proposer.safetensors
+# stage 1's stand-alone threshold (--no-reclassify) chosen on delta, not on the 10 scans training held out
+python tools/choose_stage1_threshold.py --proposer "$DATA/s16/proposer_B.safetensors" --val "$DATA/val-delta-s8101" \
+    -o weights/proposer.safetensors
 cp "$DATA/s16/reclassifier_B.safetensors" weights/reclassifier.safetensors

@@ -43,7 +43,8 @@ FAMILIES = {
     f.name: f for f in (
         Family("classic", "training", "the original cmbdet generator"),
         # revision 2: slices redrawn at 4-6 mm on 40 % of scans (ingredient `resolution`); `--without
-        # resolution` draws revision 1 exactly (the shipped detector weights were trained on revision 1)
+        # resolution` draws revision 1 exactly (the detector weights up to session 15 were trained on revision 1,
+        # session 16's on revision 2)
         Family("randomized", "training", "the original anatomy with domain randomization of tissue contrast, "
                                          "vessels, microbleed profile, noise, SWI processing and slice thickness",
                revision=2),
