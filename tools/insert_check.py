@@ -2,7 +2,7 @@
 """Obvious synthetic microbleeds inserted into a real scan: what each stage scores them, and what the
 shipped threshold keeps.
 
-    python tools/insert_check.py --scan ../shared/realdata/clearswi-small/Mag.nii [--copies 3 --per-copy 2 --seed 1]
+    python tools/insert_check.py --scan YOUR_SCAN.nii.gz [--copies 3 --per-copy 2 --seed 1]
 
 Runs `cmbdet phantom --insert-into` (copies with inserted microbleeds plus one untouched copy) and
 `cmbdet detect --threshold 0` on them, then prints, for every inserted microbleed, the scores of the
