@@ -136,5 +136,23 @@ def test_thicker_slices_change_the_slice_axis_only_in_any_axis_order():
         others = [a for a in range(3) if a != axis]
         assert [thick.voxel_mm[a] for a in others] == [proto.voxel_mm[a] for a in others]
         assert [thick.shape[a] for a in others] == [proto.shape[a] for a in others]
-    assert family_revision("randomized") == 2 and family_revision("randomized", ("resolution",)) == 1
-    assert family_revision("randomized", ("noise",)) == 2 and family_revision("beta") == 2
+    assert family_revision("randomized") == 3 and family_revision("randomized", ("cmb_size",)) == 2
+    assert family_revision("randomized", ("resolution", "cmb_size")) == 1
+    assert family_revision("randomized", ("noise",)) == 3 and family_revision("beta") == 2
+
+
+def test_cmb_size_ingredient_widens_sizes_on_its_own_stream():
+    """Half the microbleeds of the randomized family are sized over the whole 2-10 mm range; without the
+    ingredient the scan is exactly revision 2's (the same subject drawn by the code before it existed)."""
+    from cmbdet.phantom.randomize import WIDE_CMB_DIAMETER_MM, randomize_cmb_diameter
+
+    draws = [randomize_cmb_diameter(3.0, np.random.default_rng(i)) for i in range(400)]
+    wide = [d for d in draws if d != 3.0]
+    assert 150 <= len(wide) <= 250 and min(wide) >= WIDE_CMB_DIAMETER_MM[0] and max(wide) <= WIDE_CMB_DIAMETER_MM[1]
+    assert np.mean(np.array(wide) > 6.0) > 0.2  # the base law: ~4 %
+    rng = [7, 3]
+    with_it, without = (make_subject(np.random.default_rng(rng), subject="a", tiny=True, n_cmb=8, randomization=r)
+                        for r in (Randomization(), Randomization.without(["cmb_size"])))
+    sizes = [[c["diameter_mm"] for c in s.cmbs] for s in (with_it, without)]
+    assert sizes[0] != sizes[1] and len(sizes[0]) == len(sizes[1]) == 8
+    assert with_it.image.shape == without.image.shape

@@ -79,6 +79,7 @@ from .randomize import (
     CmbProfile,
     Randomization,
     multicoil_noise,
+    randomize_cmb_diameter,
     randomize_slices,
     randomize_tissue,
     sample_cmb_profile,
@@ -152,13 +153,17 @@ def _inside_grid(g: np.ndarray, geom: SubjectGeometry, margin: np.ndarray) -> bo
     return bool(np.all(g >= margin) and np.all(g <= ext - margin))
 
 
-def _place_cmbs(rng, n, maps: MniMaps, geom: SubjectGeometry, bloom: float) -> list[dict]:
+def _place_cmbs(rng, n, maps: MniMaps, geom: SubjectGeometry, bloom: float,
+                size_rng: np.random.Generator | None = None) -> list[dict]:
+    """``size_rng`` (the randomized family's `cmb_size` stream) redraws some diameters over the whole range."""
     pattern = rng.choice(["mixed", "lobar", "deep"], p=[0.5, 0.3, 0.2])
     probs = {"mixed": [0.58, 0.3, 0.12], "lobar": [0.85, 0.1, 0.05], "deep": [0.3, 0.55, 0.15]}[pattern]
     pools = _cmb_pools(maps.resolution)
     placed: list[dict] = []
     for _ in range(n):
         diam = _cmb_diameter(rng, bloom)
+        if size_rng is not None:
+            diam = randomize_cmb_diameter(diam, size_rng)
         for _attempt in range(60):
             reg = [LOBAR, DEEP, INFRATENTORIAL][int(rng.choice(3, p=probs))]
             pool = pools[reg]
@@ -306,7 +311,9 @@ def make_subject(
 
     # CMBs
     n = sample_cmb_count(rng) if n_cmb is None else int(n_cmb)
-    cmbs = _place_cmbs(rng, n, maps, geom, bloom)
+    size_rng = (np.random.Generator(dr.bit_generator.jumped(2)) if dr is not None and randomization.cmb_size
+                else None)  # own stream: nothing else this scan draws changes with it
+    cmbs = _place_cmbs(rng, n, maps, geom, bloom, size_rng)
     for c in cmbs:
         axes = np.array([1.0, rng.uniform(1.0, 1.3), rng.uniform(0.85, 1.15)])
         axes /= np.prod(axes) ** (1 / 3)
