@@ -453,6 +453,13 @@ def _convert(args) -> int:
     for row in result.report:
         if row["status"] == "error":
             print(f"cmbdet: error: {row['source']}: {row['reason']}", file=sys.stderr)
+    from cmbdet.datasets.loni import SAME_DAY_NOTE
+
+    same_day = [r for r in result.report if r["status"] == "converted" and SAME_DAY_NOTE in r["reason"]]
+    if same_day:
+        print(f"cmbdet: warning: {len(same_day)} converted scan(s) carry a {SAME_DAY_NOTE} (the rated points "
+              f"may belong to another scan of that day), e.g. {same_day[0]['source']}; see "
+              f"{result.files['report']}", file=sys.stderr)
     if not result.count("converted"):  # nothing for detect: say why, with the first reason in the report
         first = next((r for r in result.report if r["status"] == "skipped"), None)
         print(f"cmbdet: error: nothing converted from {args.src}"

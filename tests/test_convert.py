@@ -279,6 +279,26 @@ def test_dicom_world_coordinates_survive_conversion(kind, order, tmp_path):
     assert "outside" not in report[0]["reason"]
 
 
+def test_rating_matched_by_date_on_a_day_with_two_scans_is_flagged(tmp_path, capsys):
+    """A rating without an image id matched by RID + scan date to a day with two susceptibility scans
+    is used, and the user is told on the console and in the report that it may rate the other one."""
+    g = geometry("axial")
+    spots = [g.ras_of_pixel(*p) for p in spot_pixels(g, 2, seed=5)]
+    src = tmp_path / "src"
+    for stamp, image in (("2011-06-02_12_52_24.0", "I1"), ("2011-06-02_13_10_02.0", "I2")):
+        write_dicom_series(src / "ADNI" / "002_S_0295" / "Axial_T2_Star" / stamp / image, g,
+                           description="Axial_T2_Star", spots_ras=spots)
+    ratings = _write_csv(tmp_path / "r.csv", RATING_COLUMNS,
+                         [_mch(295, "m60", "2011-06-02", "", "Definite", p) for p in spots])
+    out = tmp_path / "out"
+    assert main(["convert", "adni", str(src), "-o", str(out), "--ratings", str(ratings)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 converted scan(s)" in err and "several kept scans" in err
+    converted = [r for r in _rows(out / "conversion_report.csv") if r["status"] == "converted"]
+    assert len(converted) == 1 and "several kept scans (2 scans)" in converted[0]["reason"]
+    assert _rows(out / "manifest.csv")[0]["n_cmb"] == "2"
+
+
 def test_aibl_tree_with_lps_ratings(tmp_path):
     src = tmp_path / "AIBL_download"
     aff = oblique_lps_affine(degrees=-9)

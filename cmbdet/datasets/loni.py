@@ -47,6 +47,9 @@ from cmbdet.datasets.series import choose_series
 from cmbdet.errors import InputError
 from cmbdet.training_data import subject_from_filename
 
+#: Note on a converted scan whose rating was matched by RID + scan date on a day with several scans.
+SAME_DAY_NOTE = "rating matched by RID + scan date on a day with several kept scans"
+
 _TIMESTAMP = re.compile(r"^(\d{4})-(\d{2})-(\d{2})_(\d{2})_(\d{2})_(\d{2})(\.\d+)?$")
 _ID_FOLDER = re.compile(r"^([IS])(\d+)$")
 _IMAGE_IN_NAME = re.compile(r"_I(\d+)\.(?:dcm|nii|nii\.gz|xml)$", re.IGNORECASE)
@@ -324,6 +327,9 @@ def match_ratings(scans: list[Scan], kept: list[Scan], table: RatingTable) -> li
             scan.ratings.append(rating)
             if rating.image_id:
                 scan.notes.append(f"rating of image I{rating.image_id} (not in SRC) matched by RID + scan date")
+            if len(matched) > 1:
+                scan.notes.append(f"{SAME_DAY_NOTE} ({len(matched)} scans): check that {rating.describe()} rates "
+                                  "this one, or give the table's image ids")
         if not matched:
             report.append({"source": table.source, "kind": "rating", "status": "unmatched",
                            "reason": f"{rating.describe()}: no such scan in SRC",
