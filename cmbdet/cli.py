@@ -109,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default="classic",
                    help="phantom family: for --kind cmb classic, randomized, beta (training), delta (validation), "
                         "gamma (test), see the README's 'Phantom families'; for --kind ct ct-a (training), ct-b "
-                        "(held out); for --kind mri-hemorrhage a site of cmbdet.phantom.hemorrhage_mri")
+                        "(held out), ct-c (validation); for --kind mri-hemorrhage a site of "
+                        "cmbdet.phantom.hemorrhage_mri")
     p.add_argument("--insert-into", metavar="SCAN",
                    help="instead of whole phantoms: -n copies of this real scan (3-D or multi-echo) with "
                         "--cmb-per-copy synthetic microbleeds each, plus one untouched copy, and truth.csv; "

@@ -3,6 +3,9 @@
     from cmbdet.phantom.ct import make_ct_subject, write_ct_set
     write_ct_set("ct_phantoms", n=10, seed=0, family="ct-a", pairs=True)
 
+Families (each its own painter, see its module): ``ct-a`` (training), ``ct-b`` (held-out test),
+``ct-c`` (validation).
+
 Each subject: ``<subject>_ct.nii.gz`` (int16 + scl_slope/scl_inter, HU as nibabel applies them), its
 truth label map ``<subject>_desc-truth_dseg.nii.gz`` (same grid, lesion n = value n) and rows in
 ``truth.csv`` (one per hematoma, or one empty row for a hemorrhage-free scan). With ``pairs`` a
@@ -31,7 +34,7 @@ import numpy as np
 
 from cmbdet.anatomy import mni_maps
 from cmbdet.atomic import write_bytes_atomic
-from cmbdet.phantom.ct import family_a, family_b
+from cmbdet.phantom.ct import family_a, family_b, family_c
 from cmbdet.phantom.ct.head import (
     grid_mni,
     head_hu,
@@ -45,7 +48,7 @@ from cmbdet.phantom.ct.head import (
 from cmbdet.phantom.ct.lesion import draw_growth, expansion_label
 from cmbdet.volume import save_image_atomic
 
-FAMILIES: dict[str, ModuleType] = {family_a.NAME: family_a, family_b.NAME: family_b}
+FAMILIES: dict[str, ModuleType] = {family_a.NAME: family_a, family_b.NAME: family_b, family_c.NAME: family_c}
 #: Raised when what the CT families draw changes (recorded in protocols.csv and in a classifier's
 #: metadata). 2: a follow-up is painted until it holds the drawn growth (`lesion.radius_scale`; in
 #: revision 1 hematomas with ventricular extension grew too little), so expansion labels follow the
