@@ -350,6 +350,13 @@ def _repair_non_finite(data: np.ndarray, name: str, notes: list[str]) -> np.ndar
     return data
 
 
+def _looks_like_ct(data: np.ndarray) -> bool:
+    """Air around the head near -1000 and much of the rest in the 0-100 of brain: a CT in HU (a phase
+    image spreads its values over its whole range)."""
+    sample = data[(slice(None, None, 2),) * data.ndim]
+    return bool(np.mean((sample > -1100) & (sample < -900)) > 0.1 and np.mean((sample >= 0) & (sample <= 100)) > 0.1)
+
+
 def _check_magnitude(data: np.ndarray, name: str) -> None:
     """Reject images that cannot be magnitude: constant, or phase (values symmetric around zero)."""
     if not data.max() > data.min():
@@ -359,6 +366,10 @@ def _check_magnitude(data: np.ndarray, name: str) -> None:
         raise InputError(name, f"almost every value is zero or negative (99.5th percentile {hi:.3g}): not a "
                                "magnitude image (a difference image, or a wrong scl_slope/scl_inter?)")
     if lo < 0 and -lo > 0.5 * hi and np.mean(data < 0) > 0.2:
+        if _looks_like_ct(data):
+            raise InputError(name, f"values look like a CT in Hounsfield units (0.5th/99.5th percentiles {lo:.4g}/"
+                                   f"{hi:.4g}: air near -1000, brain 0-100); cmbdet detect reads SWI/T2*-GRE MRI "
+                                   "(for hematomas on CT: cmbdet lesions --modality ct)")
         raise InputError(
             name,
             f"values are symmetric around zero (0.5th/99.5th percentiles {lo:.3g}/{hi:.3g}): this looks like a "

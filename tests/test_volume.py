@@ -292,3 +292,17 @@ def test_a_warning_repeating_a_note_is_dropped_only_for_the_file_the_note_came_f
     merged = notes_with_warnings([note], caught(f"/d/swi.nii.gz: {note}", f"/d/T1w.nii.gz: {note}", note, "other"),
                                  sources=["/d/swi.nii.gz"])
     assert merged == [note, f"/d/T1w.nii.gz: {note}", "other"]
+
+
+def test_a_head_ct_given_to_detect_is_named_as_ct_and_a_phase_image_as_phase(tmp_path):
+    """A CT in HU (air -1000, brain 0-100, bone +1500) is refused with a pointer to `cmbdet lesions`,
+    not called a phase image; an image spread evenly around zero still is one."""
+    r = np.linalg.norm(np.indices((48, 48, 48)) - 23.5, axis=0)
+    hu = np.where(r < 16, 35.0, np.where(r < 19, 1500.0, -1000.0)).astype(np.float32)
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), tmp_path / "head_ct.nii.gz")
+    with pytest.raises(InputError, match="CT in Hounsfield units.*cmbdet lesions --modality ct"):
+        load_volume(tmp_path / "head_ct.nii.gz")
+    phase = np.random.default_rng(0).uniform(-np.pi, np.pi, (48, 48, 48)).astype(np.float32)
+    nib.save(nib.Nifti1Image(phase, np.eye(4)), tmp_path / "phase.nii.gz")
+    with pytest.raises(InputError, match="phase image"):
+        load_volume(tmp_path / "phase.nii.gz")
