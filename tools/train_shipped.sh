@@ -88,3 +88,6 @@ bash tools/try_beta_training.sh "$DATA"
 python tools/choose_stage1_threshold.py --proposer "$DATA/s16/proposer_B.safetensors" --val "$DATA/val-delta-s8101" \
     -o weights/proposer.safetensors
 cp "$DATA/s16/reclassifier_B.safetensors" weights/reclassifier.safetensors
+
+# Session 17 (measured on delta, not shipped: README "Session 17"): stage 2 retrained with the randomized family's
+# revision 3 (ingredient cmb_size) -- bash tools/try_yolo_beta.sh "$DATA"
