@@ -107,9 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="coarse, fast volumes (for tests)")
     p.add_argument("--no-montage", action="store_true", help="skip the slice montages")
     p.add_argument("--family", default="classic",
-                   help="phantom family: for --kind cmb classic, randomized, beta (training), delta (validation), "
-                        "gamma (test), see the README's 'Phantom families'; for --kind ct ct-a (training), ct-b "
-                        "(held out), ct-c (validation); for --kind mri-hemorrhage a site of "
+                   help="phantom family: for --kind cmb classic, randomized, beta (training), delta, epsilon "
+                        "(validation), gamma (test), see the README's 'Phantom families'; for --kind ct ct-a "
+                        "(training), ct-b (held out), ct-c (validation); for --kind mri-hemorrhage a site of "
                         "cmbdet.phantom.hemorrhage_mri")
     p.add_argument("--insert-into", metavar="SCAN",
                    help="instead of whole phantoms: -n copies of this real scan (3-D or multi-echo) with "

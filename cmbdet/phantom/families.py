@@ -11,6 +11,7 @@ training). The headline figures in the README and model cards are test-family fi
 | ``randomized`` | training | the same anatomy with domain randomization (:mod:`.randomize`) |
 | ``beta`` | training | an independent simulator (:mod:`.beta`); the validation family until session 16 |
 | ``delta`` | validation | an independent simulator (:mod:`.delta`): spline veins, dipole foci |
+| ``epsilon`` | validation | an independent simulator (:mod:`.epsilon`): dipole-field physics, small CMBs |
 | ``gamma`` | test | an independent simulator (:mod:`.gamma`), frozen |
 
 A set's ``dataset.json`` records the role its family had when the set was written; a model's metadata
@@ -54,6 +55,8 @@ FAMILIES = {
         Family("beta", "training", "an independent simulator (training; the validation family until session 16)",
                revision=2),
         Family("delta", "validation", "an independent simulator (validation: model and threshold choice)"),
+        Family("epsilon", "validation", "an independent simulator, realistically hard (second validation family: "
+                                        "model and threshold choice)"),
         Family("gamma", "test", "an independent simulator written separately, frozen (test: headline figures)"),
     )
 }

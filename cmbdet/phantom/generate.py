@@ -465,6 +465,10 @@ def write_phantom_set(
         else:
             ph = make(rng, subject=name, tiny=tiny)
         save_image_atomic(ph.image, out / f"{name}.nii.gz")
+        labels = getattr(ph, "labels", None)  # truth label map, where a family provides one (epsilon)
+        if labels is not None:
+            (out / "labels").mkdir(exist_ok=True)
+            save_image_atomic(labels, out / "labels" / f"{name}_cmb-labels.nii.gz")
         truth.extend(truth_rows(ph))
         for m in ph.mimics:
             mimic_rows.append(
