@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cmbdet.classify.features import CROP_PIXELS, MRI_SEQUENCES, lesion_features
-from cmbdet.classify.linear import LinearChain, fit_lasso_svm
+from cmbdet.classify.linear import LinearChain, _folds, fit_lasso_svm
 from cmbdet.classify.model import load_classifier
 from cmbdet.classify.run import CLASSIFICATION_COLUMNS, COUNT_COLUMNS
 from cmbdet.classify.samples import SampleSet, build_sample_set, remeasured
@@ -76,6 +76,8 @@ def expansion_weights(tmp_path_factory):
     model, report = train_expansion(_synthetic("expansion"), np.random.default_rng(0), val_fraction=0.25, width=4,
                                     epochs=2, ssl_epochs=1, folds=2)
     assert 0.0 <= model.threshold <= 1.0 and "val_auc_fused" in report
+    # three sites: one CNN per site left out (the synthetic set's sites stand for phantom families)
+    assert report["cross_fitting"] == "by family" and len(model.net.members) == 3
     path = tmp_path_factory.mktemp("cw") / "classifier_expansion.safetensors"
     model.save(path)
     return path
@@ -147,6 +149,31 @@ def test_lasso_svm_chain_separates_and_round_trips():
     assert p[y == 1].mean() > 0.7 and p[y == 0].mean() < 0.3
     again = LinearChain.from_arrays(chain.to_arrays("fused"), "fused")
     assert np.allclose(again.probability(x), p)
+    fits = []
+    for global_seed in (1, 2):  # the chain depends on its generator only, not on numpy's global state
+        np.random.seed(global_seed)
+        fits.append(fit_lasso_svm(x, y, np.arange(120) // 2, np.random.default_rng(5)))
+    assert np.array_equal(fits[0].selected, fits[1].selected) and np.array_equal(fits[0].w, fits[1].w)
+
+
+def test_choices_leave_one_family_out_when_there_are_several():
+    rng = np.random.default_rng(1)
+    y = np.tile([0, 1], 60)
+    subjects = np.arange(120) // 2
+    families = np.repeat(["ct-a", "ct-c"], 60)
+    folds = _folds(y, subjects, 0, domains=families)
+    assert sorted(tuple(sorted(set(families[test].tolist()))) for _, test in folds) == [("ct-a",), ("ct-c",)]
+    assert all(not set(families[train]) & set(families[test]) for train, test in folds)
+    assert len(_folds(y, subjects, 0)) == 5  # one family: subject folds
+    x = rng.normal(0, 1, (120, 4))
+    x[:, 0] += 1.5 * y
+    chain = fit_lasso_svm(x, y, subjects, rng, domains=families)
+    assert chain.selected[0] and chain.probability(x)[y == 1].mean() > chain.probability(x)[y == 0].mean() + 0.3
+    one_site = _synthetic("expansion", n_subjects=12)
+    one_site.sites[:] = "ct-a"
+    model, report = train_expansion(one_site, np.random.default_rng(0), val_fraction=0.0, width=4, epochs=1,
+                                    ssl_epochs=0, folds=2)
+    assert report["cross_fitting"] == "by subject" and len(model.net.members) == 2
 
 
 def test_threshold_choice_and_cross_site_term():

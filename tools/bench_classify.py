@@ -3,7 +3,7 @@ never saw, its tables joined with the phantoms' truth; every figure of issue 12 
 
     # expansion (baseline CT of a held-out family; the follow-up scans only give the labels)
     python tools/bench_classify.py --task expansion --data DATA/exp_test_ctb --out OUT/exp \\
-        [--weights W] [--ssl-train DATA/exp_train_cta --cache CACHE] [--seeds 5]
+        [--weights W] [--ssl-train DATA/exp_train_cta [DATA/exp_train_ctc] --cache CACHE] [--seeds 5]
     # metastasis vs hematoma (a held-out site, and a same-site split)
     python tools/bench_classify.py --task hbm --data DATA/hbm_test_s4 --out OUT/s4 [--weights W]
 
@@ -16,8 +16,9 @@ precision, recall, F1 and average precision at the stored threshold; for expansi
 the weights (``--compare``: deep-only, radiomics-only, fused), the generator's own probability as a
 ceiling, and a decision-curve table (net benefit by threshold probability). ``--ssl-train``: the
 self-supervised pretraining's gain with a fifth of the labels (CNN alone, scratch vs SimSiam
-initialization, mean over ``--seeds`` seeds with a t-interval), trained on that set's cached
-lesions and scored on this set's.
+initialization, mean over ``--seeds`` seeds with a t-interval), trained on those sets' cached
+lesions (SimSiam on all their crops, the fifth of the labels drawn by subject, stratified by family
+and label) and scored on this set's.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="phantom set (truth.csv) the models never saw")
     parser.add_argument("--out", required=True, help="classify output folder (reused when complete: resume)")
     parser.add_argument("--weights", help="classifier weights (default: shipped)")
-    parser.add_argument("--ssl-train", help="expansion: training phantom set for the SSL-gain experiment")
+    parser.add_argument("--ssl-train", nargs="+", help="expansion: training phantom set(s) for the SSL-gain "
+                        "experiment (the model's own training sets)")
     parser.add_argument("--cache", help="feature cache for --ssl-train (and this set's lesions)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--label-fraction", type=float, default=0.2)
@@ -259,7 +261,7 @@ def ssl_gain(args, data: Path, rng: np.random.Generator) -> None:
     localizer = load_lesion_model()
     # perturbed=True: the cache entries `cmbdet train classifier --task expansion` wrote (same crops; the
     # re-acquisition's radiomics they also hold are not used here)
-    train = build_sample_set("expansion", [args.ssl_train], ct_model=localizer, cache_dir=args.cache, perturbed=True)
+    train = build_sample_set("expansion", args.ssl_train, ct_model=localizer, cache_dir=args.cache, perturbed=True)
     test = build_sample_set("expansion", [data], ct_model=localizer, cache_dir=args.cache)
     test = test.subset(test.labels >= 0)
     labelled = train.subset(train.labels >= 0)

@@ -11,7 +11,12 @@ expansion (baseline CT):
    logits on the fifth are that fold's deep feature, so the LASSO + SVM never sees a score of a
    crop its network was fitted on; at use (and on validation) the deep feature is the mean logit
    of the 5 (`CropEnsemble`: the same scale as the out-of-fold logits; a logit means the same in
-   every fold's network, an embedding's coordinates would not);
+   every fold's network, an embedding's coordinates would not). When the training subjects come
+   from two or more families (sites), the folds are the families instead: each CNN is trained
+   without one family, so the deep feature the LASSO weighs is what a CNN makes of a painter it
+   never saw, and the LASSO + SVM choices are made leaving one family out
+   (`cmbdet.classify.linear`) — a deep or radiomics feature that only works within one painter's
+   rendering earns no weight;
 3. LASSO + linear SVM + Platt (`cmbdet.classify.linear`) on deep, radiomics and fused features, the
    LASSO choosing only among radiomics that a re-acquisition leaves nearly unchanged (ICC >=
    ``ROBUST_ICC`` between the lesions of the re-measured subjects and their perturbed copies,
@@ -265,7 +270,7 @@ def train_expansion(samples: SampleSet, rng: np.random.Generator, *, val_fractio
                     epochs: int = 40, ssl_epochs: int = 60, folds: int = 5, log: Log = _quiet
                     ) -> tuple[ClassifierModel, dict]:
     """The expansion model (see module docstring) and a report of its validation figures."""
-    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold
 
     labelled = _labelled(samples)
     fit_subjects, val_subjects = split_subjects(labelled, rng, val_fraction)
@@ -281,10 +286,17 @@ def train_expansion(samples: SampleSet, rng: np.random.Generator, *, val_fractio
         if ssl_epochs > 0 else None
     encoder_state = None if encoder is None else encoder.state_dict()
     deep_oof = np.zeros((len(fit), 1))
-    n_splits = max(2, min(folds, int(min(np.bincount(fit.labels, minlength=2)))))
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=int(rng.integers(2**31)))
+    families = sorted(set(fit.sites.tolist()))
+    if len(families) >= 2:  # leave one family out: the deep feature as a new painter would see it
+        log(f"cross-fitting by family ({', '.join(families)}): each CNN is trained without one of them")
+        splits = list(LeaveOneGroupOut().split(fit.labels, fit.labels, fit.sites))
+    else:
+        n_splits = max(2, min(folds, int(min(np.bincount(fit.labels, minlength=2)))))
+        splits = list(StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=int(rng.integers(2**31)))
+                      .split(fit.labels, fit.labels, fit.subjects))
+    n_splits = len(splits)
     net = CropEnsemble(n_splits, fit.crops.shape[1], width)
-    for k, (train_rows, test_rows) in enumerate(splitter.split(fit.labels, fit.labels, fit.subjects)):
+    for k, (train_rows, test_rows) in enumerate(splits):
         member = train_cnn(fit.crops[train_rows], fit.labels[train_rows], rng, width=width, epochs=epochs,
                            encoder_state=encoder_state, log=log if k == 0 else _quiet)
         deep_oof[test_rows, 0] = cnn_logits(member, fit.crops[test_rows])
@@ -297,12 +309,14 @@ def train_expansion(samples: SampleSet, rng: np.random.Generator, *, val_fractio
         log(f"radiomics robust to a re-acquisition (ICC >= {ROBUST_ICC}): {int(robust.sum())} of {len(robust)}")
     allowed = {"deep": None, "radiomics": robust,
                "fused": None if robust is None else np.concatenate([[True], robust])}
-    chains = {name: fit_lasso_svm(x, fit.labels, fit.subjects, rng, allowed[name]) for name, x in inputs_fit.items()}
+    chains = {name: fit_lasso_svm(x, fit.labels, fit.subjects, rng, allowed[name],
+                                  domains=fit.sites if len(families) >= 2 else None)
+              for name, x in inputs_fit.items()}
     for name, chain in chains.items():
         log(f"{name}: LASSO kept {int(chain.selected.sum())} of {len(chain.selected)} features")
     model = ClassifierModel(task="expansion", net=net, threshold=0.5, names=samples.names, chains=chains)
     report: dict = {"fit_subjects": len(fit_subjects), "val_subjects": len(val_subjects), "fit_lesions": len(fit),
-                    "val_lesions": len(val)}
+                    "val_lesions": len(val), "cross_fitting": "by family" if len(families) >= 2 else "by subject"}
     if robust is not None:
         report["robust_radiomics"] = {"icc_threshold": ROBUST_ICC, "kept": [n for n, k in zip(fit.names, robust) if k]}
     if len(val):
