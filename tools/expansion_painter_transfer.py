@@ -19,27 +19,22 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from cmbdet.classify.model import load_classifier
-from cmbdet.classify.samples import SampleSet, build_sample_set
-from cmbdet.classify.train import model_scores_from_samples, subject_scores, train_expansion
-from cmbdet.lesions.infer import load_lesion_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare_expansion_models import auc_with_ci  # noqa: E402
+
+from cmbdet.classify.model import load_classifier  # noqa: E402
+from cmbdet.classify.samples import SampleSet, build_sample_set  # noqa: E402
+from cmbdet.classify.train import model_scores_from_samples, subject_scores, train_expansion  # noqa: E402
+from cmbdet.lesions.infer import load_lesion_model  # noqa: E402
 
 VARIANTS = ("fused", "deep", "radiomics")
-
-
-def auc_with_ci(labels: np.ndarray, scores: np.ndarray, rng: np.random.Generator, n: int = 2000
-                ) -> tuple[float, float, float]:
-    boot = []
-    for _ in range(n):
-        pick = rng.integers(len(labels), size=len(labels))
-        if len(set(labels[pick].tolist())) == 2:
-            boot.append(roc_auc_score(labels[pick], scores[pick]))
-    return float(roc_auc_score(labels, scores)), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
 
 
 def ceiling_scores(folder: str) -> dict[str, float]:
