@@ -118,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cmb-per-copy", type=int, help="microbleeds per copy with --insert-into (default 3)")
     p.add_argument("--without", default="",
                    help="randomized family only: comma-separated randomization ingredients to switch off "
-                        "(tissue, vessels, cmb_profile, noise, swi_mask, resolution, cmb_size), for ablations")
+                        "(tissue, vessels, cmb_profile, noise, swi_mask, resolution, cmb_size, dipole_bloom), "
+                        "for ablations")
     p.add_argument("--kind", choices=("cmb", "ct", "mri-hemorrhage"), default="cmb",
                    help="cmb: SWI/GRE with microbleeds (default); ct: head CT in HU with hematomas; "
                         "mri-hemorrhage: multi-sequence MRI with hematomas and hemorrhagic metastases")

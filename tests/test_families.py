@@ -136,9 +136,11 @@ def test_thicker_slices_change_the_slice_axis_only_in_any_axis_order():
         others = [a for a in range(3) if a != axis]
         assert [thick.voxel_mm[a] for a in others] == [proto.voxel_mm[a] for a in others]
         assert [thick.shape[a] for a in others] == [proto.shape[a] for a in others]
-    assert family_revision("randomized") == 3 and family_revision("randomized", ("cmb_size",)) == 2
-    assert family_revision("randomized", ("resolution", "cmb_size")) == 1
-    assert family_revision("randomized", ("noise",)) == 3 and family_revision("beta") == 2
+    assert family_revision("randomized") == 4 and family_revision("randomized", ("dipole_bloom",)) == 3
+    assert family_revision("randomized", ("dipole_bloom", "cmb_size")) == 2
+    assert family_revision("randomized", ("resolution", "cmb_size", "dipole_bloom")) == 1
+    assert family_revision("randomized", ("noise",)) == 4 and family_revision("randomized", ("cmb_size",)) == 4
+    assert family_revision("beta") == 2
 
 
 def test_cmb_size_ingredient_widens_sizes_on_its_own_stream():
@@ -156,3 +158,47 @@ def test_cmb_size_ingredient_widens_sizes_on_its_own_stream():
     sizes = [[c["diameter_mm"] for c in s.cmbs] for s in (with_it, without)]
     assert sizes[0] != sizes[1] and len(sizes[0]) == len(sizes[1]) == 8
     assert with_it.image.shape == without.image.shape
+
+
+def test_dipole_bloom_is_longer_along_b0_and_grows_with_the_voxel():
+    """A deposit bloomed by dipole dephasing: its dark spot is longer along B0 than across it, whatever
+    grid axis B0 lies on, about the nominal diameter across B0, and larger on thicker slices."""
+    from cmbdet.phantom.render import render_dipole_bloom
+
+    def dark_extent_mm(spacing, b0_axis):
+        spacing = np.asarray(spacing, float)
+        shape = np.ceil(40.0 / spacing).astype(int) | 1
+        att = np.zeros(shape, np.float32)
+        centre = (shape // 2) * spacing
+        b0 = np.eye(3)[b0_axis]
+        render_dipole_bloom(att, centre, 6.0, spacing, b0, core_fraction=0.4, core_depth=0.9,
+                            reference_voxel_mm=1.0)
+        dark = np.argwhere(att > 0.5) * spacing
+        return np.ptp(dark, axis=0) + spacing
+
+    for axis in range(3):
+        extent = dark_extent_mm([0.5, 0.5, 0.5], axis)
+        across = np.delete(extent, axis)
+        assert extent[axis] >= 1.1 * across.max()
+        assert np.all((across > 4.5) & (across < 7.5))
+    thin, thick = dark_extent_mm([1.0, 1.0, 1.0], 2), dark_extent_mm([1.0, 1.0, 5.0], 2)
+    assert thick[2] > thin[2] and thick[0] >= thin[0]
+
+
+def test_dipole_bloom_ingredient_changes_only_how_deposits_bloom():
+    """Revision 4 draws the same scan as `--without dipole_bloom` (revision 3) but for the dark spots of
+    some microbleeds and calcifications: same grid, same microbleeds, the image differs near them only."""
+    rng = [11, 2]
+    with_it, without = (make_subject(np.random.default_rng(rng), subject="a", tiny=True, n_cmb=10, randomization=r)
+                        for r in (Randomization(), Randomization.without(["dipole_bloom"])))
+    assert [c["diameter_mm"] for c in with_it.cmbs] == [c["diameter_mm"] for c in without.cmbs]
+    assert with_it.image.shape == without.image.shape
+    a, b = (np.asarray(s.image.dataobj, dtype=np.float32) for s in (with_it, without))
+    changed = np.argwhere(np.abs(a - b) > 1e-3 * float(np.abs(b).max()))
+    assert len(changed) > 0
+    # every changed voxel lies within 12 mm of a microbleed or a calcification, in world mm
+    world = nib.affines.apply_affine(with_it.image.affine, changed)
+    deposits = [[c["x_mm"], c["y_mm"], c["z_mm"]] for c in with_it.cmbs]
+    deposits += [[m["x_mm"], m["y_mm"], m["z_mm"]] for m in with_it.mimics if m["kind"] == "calcification"]
+    nearest = np.linalg.norm(world[:, None] - np.asarray(deposits)[None], axis=-1).min(axis=1)
+    assert np.quantile(nearest, 0.99) < 12.0

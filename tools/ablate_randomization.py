@@ -3,7 +3,8 @@
 
     # the five ingredients of revision 1 (the README table; --full is a revision-1 set, `--without resolution`)
     for X in tissue vessels cmb_profile noise swi_mask; do
-        cmbdet phantom -o DATA/rand-without-$X -n 40 --seed S_X --family randomized --without $X,resolution --no-montage
+        cmbdet phantom -o DATA/rand-without-$X -n 40 --seed S_X --family randomized \
+            --without $X,resolution,cmb_size,dipole_bloom --no-montage
     done
     python tools/ablate_randomization.py --base DATA/train-classic-s103 --full DATA/train-rand-s101 \
         --without DATA/rand-without-* --val DATA/val-beta-s7101 DATA/val-beta-s7102 --cache WORK/shape --n 40

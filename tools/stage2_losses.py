@@ -79,7 +79,41 @@ def main(argv: list[str] | None = None) -> int:
             total, found, kept = table[key]
             print(f"| {what} | {key} | {total} | {found} ({found / total:.0%}) | {kept} ({kept / total:.0%}) | "
                   f"{kept}/{found} |")
+    _false_positives_by_mimic(data, detections, by_subject, args.threshold)
     return 0
+
+
+def _false_positives_by_mimic(data: Path, detections: dict, by_subject: dict, threshold: float) -> None:
+    """Detections at the threshold that match no microbleed, by the kind of the nearest known mimic
+    (the phantom's mimics.csv) within `MIMIC_RADIUS_MM`."""
+    if not (data / "mimics.csv").exists():
+        return
+    mimics = defaultdict(list)
+    for row in _rows(data / "mimics.csv"):
+        mimics[row["subject"]].append(row)
+    kinds: dict[str, int] = defaultdict(int)
+    for subject, dets in detections.items():
+        dets = [d for d in dets if float(d["score"]) >= threshold]
+        if not dets:
+            continue
+        det_xyz = np.array([[float(d[k]) for k in ("x_mm", "y_mm", "z_mm")] for d in dets])
+        cmbs = by_subject.get(subject, [])
+        matched = match_detections(
+            np.array([[float(c[k]) for k in ("x_mm", "y_mm", "z_mm")] for c in cmbs]).reshape(-1, 3),
+            np.array([float(c.get("diameter_mm") or 0.0) for c in cmbs]), det_xyz,
+            np.array([float(d["score"]) for d in dets]))
+        known = mimics.get(subject, [])
+        known_xyz = np.array([[float(m[k]) for k in ("x_mm", "y_mm", "z_mm")] for m in known]).reshape(-1, 3)
+        for point in det_xyz[matched < 0]:
+            distance = np.linalg.norm(known_xyz - point, axis=1) if len(known) else np.array([np.inf])
+            nearest = int(np.argmin(distance))
+            kinds[known[nearest]["kind"] if distance[nearest] <= MIMIC_RADIUS_MM else "no known mimic near"] += 1
+    print(f"false positives at threshold {threshold:g}, by the nearest known mimic within {MIMIC_RADIUS_MM:g} mm: "
+          + (", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1])) or "none"))
+
+
+#: A false positive this close to a known mimic point (mm) is counted as that mimic.
+MIMIC_RADIUS_MM = 4.0
 
 
 if __name__ == "__main__":

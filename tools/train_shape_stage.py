@@ -78,6 +78,22 @@ def _save(path: Path, arrays: dict) -> None:
         np.savez(handle, **arrays)
 
 
+def _figures_at(point: dict, shape, samples: list, yolo: list) -> dict:
+    """Pooled figures of these scans at a chosen stage-2 point (candidates, shape share, stage-1 weight,
+    threshold), scored as `cmbdet evaluate` scores detections."""
+    from cmbdet.evaluate import evaluate
+    from cmbdet.reclassifier.infer import final_score, stage2_probability
+
+    count, truth, detections = point["max_candidates"], [], []
+    for s, y in zip(samples, yolo, strict=True):
+        rows = s.candidate_rows[:count]
+        stage2 = stage2_probability(y[:count], shape.probability(s.candidate_features[:count]), point["shape_weight"])
+        fused = final_score(np.array([r["score"] for r in rows]), stage2, point["stage1_weight"])
+        truth += s.truth_rows
+        detections += [dict(r, score=float(f)) for r, f in zip(rows, fused, strict=True) if f >= point["threshold"]]
+    return evaluate(truth, detections).pooled
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", nargs="+", default=[], help="training family folders (truth.csv beside)")
@@ -141,6 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['max_candidates']} | {r['shape_weight']:.2f} | {r['stage1_weight']:.1f} | {r['threshold']:.3f} | "
               f"{r['sensitivity']:.3f} | {r['precision']:.3f} | {r['f1']:.3f}{mark} | {r['fp_per_subject']:.2f} | "
               f"{r['candidate_recall']:.3f} | {r['rule']} |")
+
+    if len(args.val) > 1:
+        print("at the chosen point, per validation folder:")
+        start = 0
+        for folder in args.val:
+            count = len(read_labelled_set(folder))
+            figures = _figures_at(best, shape, val_samples[start:start + count], val_yolo[start:start + count])
+            print(f"  {Path(folder).name}: {count} scans, sensitivity {figures['sensitivity']:.3f}, precision "
+                  f"{figures['precision']:.3f}, F1 {figures['f1']:.3f}, FP/subject {figures['fp_per_subject']:.2f}")
+            start += count
 
     reclassifier.shape = shape
     reclassifier.shape_weight = best["shape_weight"]

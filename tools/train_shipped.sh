@@ -32,8 +32,8 @@ cmbdet train proposer --data "$DATA/train-s1" "$DATA/train-s2" "$DATA/train-s3" 
 # --- Version 2: domain randomization, validation on another family -------------------
 # (the shipped weights saw revision 1 of the randomized family, slices <= 4 mm: `--without resolution`
 # draws exactly that; revision 2 adds 4-6 mm slices on 40 % of scans; version 4 below was trained on it)
-phantoms "$DATA/train-rand-s101" 50 101 randomized --without resolution,cmb_size     # ~5 s per scan
-phantoms "$DATA/train-rand-s102" 50 102 randomized --without resolution,cmb_size
+phantoms "$DATA/train-rand-s101" 50 101 randomized --without resolution,cmb_size,dipole_bloom     # ~5 s per scan
+phantoms "$DATA/train-rand-s102" 50 102 randomized --without resolution,cmb_size,dipole_bloom
 phantoms "$DATA/train-classic-s103" 50 103 classic
 phantoms "$DATA/val-beta-s7101" 15 7101 beta
 phantoms "$DATA/val-beta-s7102" 15 7102 beta
@@ -68,7 +68,7 @@ python tools/train_shape_stage.py --train "${TRAIN[@]}" --val "${VAL[@]}" --max-
 for pair in tissue:121 vessels:122 cmb_profile:123 noise:124 swi_mask:125; do
   X=${pair%:*}
   [ -f "$DATA/rand-without-$X/truth.csv" ] || cmbdet phantom -o "$DATA/rand-without-$X" -n 40 --seed "${pair#*:}" \
-      --family randomized --without "$X",resolution,cmb_size --no-montage
+      --family randomized --without "$X",resolution,cmb_size,dipole_bloom --no-montage
 done
 python tools/ablate_randomization.py --base "$DATA/train-classic-s103" --full "$DATA/train-rand-s101" \
     --without "$DATA"/rand-without-* --val "${VAL[@]}" --cache "$DATA/shape-stage" --n 40

@@ -15,8 +15,8 @@ phantoms() {  # OUT N SEED FAMILY
   [ -f "$1/truth.csv" ] || cmbdet phantom -o "$1" -n "$2" --seed "$3" --family "$4" --no-montage "${@:5}"
 }
 phantoms "$DATA/train-classic-s103" 50 103 classic
-phantoms "$DATA/train-rand2-s101" 40 101 randomized --without cmb_size
-phantoms "$DATA/train-rand2-s102" 50 102 randomized --without cmb_size
+phantoms "$DATA/train-rand2-s101" 40 101 randomized --without cmb_size,dipole_bloom
+phantoms "$DATA/train-rand2-s102" 50 102 randomized --without cmb_size,dipole_bloom
 phantoms "$DATA/val-beta-s7101" 15 7101 beta
 phantoms "$DATA/val-beta-s7102" 15 7102 beta
 phantoms "$DATA/phantoms-beta-seed7103-n30" 30 7103 beta   # the name tools/bench_detect.py gave it

@@ -16,8 +16,8 @@ phantoms "$DATA/train-classic-s103" 50 103 classic
 phantoms "$DATA/val-beta-s7101" 15 7101 beta
 phantoms "$DATA/val-beta-s7102" 15 7102 beta
 VAL=("$DATA/val-beta-s7101" "$DATA/val-beta-s7102")
-phantoms "$DATA/train-rand2-s101" 40 101 randomized --without cmb_size      # revision 2 (with 'resolution')
-phantoms "$DATA/train-rand2-s102" 50 102 randomized --without cmb_size
+phantoms "$DATA/train-rand2-s101" 40 101 randomized --without cmb_size,dipole_bloom  # revision 2 (with 'resolution')
+phantoms "$DATA/train-rand2-s102" 50 102 randomized --without cmb_size,dipole_bloom
 TRAIN2=("$DATA/train-classic-s103" "$DATA/train-rand2-s101" "$DATA/train-rand2-s102")
 cmbdet train proposer --data "${TRAIN2[@]}" --val "${VAL[@]}" --init weights/proposer.safetensors \
     -o "$DATA/s9/proposer_r6.safetensors" --steps 2000 --lr 1e-3 --batch-size 8 --seed 5          # 1976 s

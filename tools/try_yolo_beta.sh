@@ -22,14 +22,14 @@ phantoms() {  # OUT N SEED FAMILY [more cmbdet phantom options]
   [ -f "$1/truth.csv" ] || cmbdet phantom -o "$1" -n "$2" --seed "$3" --family "$4" --no-montage "${@:5}"
 }
 phantoms "$DATA/train-classic-s103" 50 103 classic
-phantoms "$DATA/train-rand2-s101" 40 101 randomized --without cmb_size
-phantoms "$DATA/train-rand2-s102" 50 102 randomized --without cmb_size
+phantoms "$DATA/train-rand2-s101" 40 101 randomized --without cmb_size,dipole_bloom
+phantoms "$DATA/train-rand2-s102" 50 102 randomized --without cmb_size,dipole_bloom
 phantoms "$DATA/val-beta-s7101" 15 7101 beta
 phantoms "$DATA/val-beta-s7102" 15 7102 beta
 phantoms "$DATA/phantoms-beta-seed7103-n30" 30 7103 beta
 phantoms "$DATA/val-delta-s8101" 30 8101 delta
-phantoms "$DATA/train-rand3-s104" 40 104 randomized
-phantoms "$DATA/train-rand2-s105" 40 105 randomized --without cmb_size
+phantoms "$DATA/train-rand3-s104" 40 104 randomized --without dipole_bloom   # revision 3
+phantoms "$DATA/train-rand2-s105" 40 105 randomized --without cmb_size,dipole_bloom
 TRAIN=("$DATA/train-classic-s103" "$DATA/train-rand2-s101" "$DATA/train-rand2-s102"
        "$DATA/val-beta-s7101" "$DATA/val-beta-s7102" "$DATA/phantoms-beta-seed7103-n30")
 VAL=("$DATA/val-delta-s8101")

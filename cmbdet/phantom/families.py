@@ -46,10 +46,12 @@ FAMILIES = {
         # revision 2: slices redrawn at 4-6 mm on 40 % of scans (ingredient `resolution`); `--without
         # resolution` draws revision 1 exactly (the detector weights up to session 15 were trained on revision 1,
         # session 16's on revision 2). revision 3: half the microbleeds sized over the whole 2-10 mm range
-        # (ingredient `cmb_size`); `--without cmb_size` draws revision 2 exactly.
+        # (ingredient `cmb_size`); `--without cmb_size` draws revision 2 exactly. revision 4 (session 19): half the
+        # microbleeds and calcifications bloom by dipole dephasing (ingredient `dipole_bloom`); `--without
+        # dipole_bloom` draws revision 3 exactly.
         Family("randomized", "training", "the original anatomy with domain randomization of tissue contrast, "
                                          "vessels, microbleed profile and size, noise, SWI processing and slice "
-                                         "thickness", revision=3),
+                                         "thickness", revision=4),
         # revision 2: medullary vein stubs (walkers stopped after 1-2 mm: microbleed-shaped blobs) dropped.
         # The validation family until session 16, when it joined the training families and delta took its role.
         Family("beta", "training", "an independent simulator (training; the validation family until session 16)",
@@ -64,10 +66,15 @@ FAMILIES = {
 
 def family_revision(family: str, without: tuple[str, ...] | list[str] = ()) -> int:
     """The revision a set of ``family`` drawn with ingredients ``without`` is: `randomized` without
-    ``cmb_size`` (the ingredient revision 3 added) draws revision 2 exactly, and without ``resolution``
-    too (revision 2's) revision 1."""
-    if family == "randomized" and "cmb_size" in without:
-        return 1 if "resolution" in without else 2
+    ``dipole_bloom`` (revision 4's ingredient) draws revision 3 exactly, without ``cmb_size`` too
+    (revision 3's) revision 2, and without ``resolution`` too (revision 2's) revision 1."""
+    if family == "randomized":
+        revision = FAMILIES[family].revision
+        for ingredient in ("dipole_bloom", "cmb_size", "resolution"):
+            if ingredient not in without:
+                break
+            revision -= 1
+        return revision
     return FAMILIES[family].revision
 
 

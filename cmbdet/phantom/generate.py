@@ -37,7 +37,8 @@ What is modelled
 
 What is not modelled
 --------------------
-Phase images / QSM, true dipole blooming patterns, flow artefacts, k-space
+Phase images / QSM, true dipole blooming patterns (the ``randomized`` family's
+``dipole_bloom`` ingredient adds them, in magnitude), flow artefacts, k-space
 trajectory effects other than ghosting and truncation, multi-echo, real
 cortical folding variability beyond the smooth deformation, cavernomas,
 macro-haemorrhage, tumours, infarcts, superficial siderosis, coil-array noise
@@ -76,8 +77,10 @@ from ..volume import save_image_atomic
 from .geometry import SubjectGeometry, make_geometry, rotation
 from .protocol import Protocol, sample_protocol
 from .randomize import (
+    DIPOLE_BLOOM_SHARE,
     CmbProfile,
     Randomization,
+    dipole_bloom_shape,
     multicoil_noise,
     randomize_cmb_diameter,
     randomize_slices,
@@ -93,6 +96,7 @@ from .render import (
     fov_box,
     mni_magnitude,
     render_blob,
+    render_dipole_bloom,
     render_tubes,
     ringing,
     sample_anatomy,
@@ -288,15 +292,21 @@ def make_subject(
 
     # calcifications (pineal, choroid plexus)
     t = time.perf_counter()
+    bloom_rng = (np.random.Generator(dr.bit_generator.jumped(3)) if dr is not None and randomization.dipole_bloom
+                 else None)  # own stream: the `dipole_bloom` ingredient (revision 4) changes nothing else drawn
+    inplane_mm = float(np.sort(geom.spacing)[:2].mean())
     for name, sites in CALCIFICATION_SITES_MNI.items():
         if rng.random() < (0.3 if name == "pineal" else 0.2):
             for c in sites:
                 mni = np.asarray(c) + rng.normal(0, 1.0, 3)
                 w = geom.mni_to_world(mni)[0]
                 diam = float(rng.uniform(1.5, 4.5))
-                render_blob(
-                    att, geom.world_to_gridmm(w)[0], diam, geom.spacing, depth=float(rng.uniform(0.6, 0.9)), sharp=8.0
-                )
+                depth = float(rng.uniform(0.6, 0.9))
+                if bloom_rng is not None and bloom_rng.random() < DIPOLE_BLOOM_SHARE:  # diamagnetic: blooms alike
+                    render_dipole_bloom(att, geom.world_to_gridmm(w)[0], diam, geom.spacing, b0,
+                                        **dipole_bloom_shape(bloom_rng, depth, inplane_mm))
+                else:
+                    render_blob(att, geom.world_to_gridmm(w)[0], diam, geom.spacing, depth=depth, sharp=8.0)
                 mimics.append({"kind": "calcification", "detail": name, "_w": w})
     # iron and air-bone mimic points
     for name, items in IRON_NUCLEI_MNI.items():
@@ -322,7 +332,12 @@ def make_subject(
         rot = _random_rotation(rng)
         centre = c.pop("_grid")
         if dr is not None and randomization.cmb_profile:
-            _render_randomized_cmb(att, centre, c["diameter_mm"], geom.spacing, rot, sample_cmb_profile(dr, bloom), dr)
+            profile = sample_cmb_profile(dr, bloom)
+            if bloom_rng is not None and bloom_rng.random() < DIPOLE_BLOOM_SHARE:
+                _render_dipole_cmb(att, centre, c["diameter_mm"], geom.spacing, b0, profile, dr,
+                                   dipole_bloom_shape(bloom_rng, profile.depth, inplane_mm))
+            else:
+                _render_randomized_cmb(att, centre, c["diameter_mm"], geom.spacing, rot, profile, dr)
             continue
         render_blob(att, centre, c["diameter_mm"], geom.spacing, depth=depth, sharp=sharp, axes=axes, rot=rot)
     if dr is not None and randomization.swi_mask and (swi or dr.random() < 0.3):
@@ -372,6 +387,18 @@ def _render_randomized_cmb(att: np.ndarray, centre: np.ndarray, diameter: float,
     else:
         render_blob(att, centre, diameter, spacing, depth=profile.depth, sharp=profile.sharp, axes=profile.axes,
                     rot=rot)
+
+
+def _render_dipole_cmb(att: np.ndarray, centre: np.ndarray, diameter: float, spacing: np.ndarray, b0: np.ndarray,
+                       profile: CmbProfile, rng: np.random.Generator, shape: dict) -> None:
+    """A microbleed whose dark spot is the dipole field's intravoxel dephasing (`render_dipole_bloom`), with
+    the profile's halo and lumps (the lumps are sub-deposits); draws from ``rng`` exactly what
+    `_render_randomized_cmb` draws, so the scan's other randomization is unchanged."""
+    if profile.halo_depth > 0:
+        render_blob(att, centre, diameter * 1.8, spacing, depth=profile.halo_depth, sharp=3.0)
+    sources = tuple((rng.normal(0, diameter * 0.12, 3), float(rng.uniform(0.7, 0.9)))
+                    for _ in range(profile.lumps + 1)) if profile.lumps else ()
+    render_dipole_bloom(att, centre, diameter, spacing, b0, sources=sources, **shape)
 
 
 def _sample_point(arr: np.ndarray, maps: MniMaps, mni: np.ndarray) -> float:
