@@ -32,8 +32,8 @@ python tools/train_shape_stage.py --train "${TRAIN[@]}" "$DATA/train-rand4-s106"
     --val "${VAL[@]}" --cache "$W/shape-r4" -o "$W/reclassifier_R4.safetensors"
 python tools/train_shape_stage.py --train "${TRAIN[@]}" "$DATA/train-rand3x-s106" "$DATA/train-rand3x-s107" \
     --val "${VAL[@]}" --cache "$W/shape-r3x" -o "$W/reclassifier_R3x.safetensors"
-# P (started in session 19, stopped unfinished): the shipped stage 1 fine-tuned with the revision-4 scans
-# (session 16's recipe), the shipped stage 2, point chosen on the 60 scans; the same rule
+# P: the shipped stage 1 fine-tuned with the revision-4 scans (session 16's recipe), the shipped stage 2, point
+# chosen on the 60 scans; the same rule (session 19: pooled F1 0.815, not shipped)
 cmbdet train proposer --data "$DATA/train-classic-s103" "$DATA/train-rand2-s101" "$DATA/train-rand2-s102" \
     "$DATA/val-beta-s7101" "$DATA/val-beta-s7102" "$DATA/phantoms-beta-seed7103-n30" \
     "$DATA/train-rand4-s106" "$DATA/train-rand4-s107" --init weights/proposer.safetensors \
