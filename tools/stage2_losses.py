@@ -27,6 +27,11 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def _xyz(rows: list[dict]) -> np.ndarray:
+    """(N, 3) scanner RAS mm of CSV rows with x_mm, y_mm, z_mm."""
+    return np.array([[float(r[k]) for k in ("x_mm", "y_mm", "z_mm")] for r in rows]).reshape(-1, 3)
+
+
 def _bin(value: float, edges: list[float], unit: str) -> str:
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         if lo < value <= hi:
@@ -52,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
 
     groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
     for subject, cmbs in by_subject.items():
-        xyz = np.array([[float(c[k]) for k in ("x_mm", "y_mm", "z_mm")] for c in cmbs])
+        xyz = _xyz(cmbs)
         diameter = np.array([float(c.get("diameter_mm") or 0.0) for c in cmbs])
         dets = detections.get(subject, [])
-        det_xyz = np.array([[float(d[k]) for k in ("x_mm", "y_mm", "z_mm")] for d in dets]).reshape(-1, 3)
+        det_xyz = _xyz(dets)
         score = np.array([float(d["score"]) for d in dets])
         found = set(match_detections(xyz, diameter, det_xyz, score).tolist())
         keep = score >= args.threshold
@@ -96,14 +101,14 @@ def _false_positives_by_mimic(data: Path, detections: dict, by_subject: dict, th
         dets = [d for d in dets if float(d["score"]) >= threshold]
         if not dets:
             continue
-        det_xyz = np.array([[float(d[k]) for k in ("x_mm", "y_mm", "z_mm")] for d in dets])
+        det_xyz = _xyz(dets)
         cmbs = by_subject.get(subject, [])
         matched = match_detections(
-            np.array([[float(c[k]) for k in ("x_mm", "y_mm", "z_mm")] for c in cmbs]).reshape(-1, 3),
+            _xyz(cmbs),
             np.array([float(c.get("diameter_mm") or 0.0) for c in cmbs]), det_xyz,
             np.array([float(d["score"]) for d in dets]))
         known = mimics.get(subject, [])
-        known_xyz = np.array([[float(m[k]) for k in ("x_mm", "y_mm", "z_mm")] for m in known]).reshape(-1, 3)
+        known_xyz = _xyz(known)
         for point in det_xyz[matched < 0]:
             distance = np.linalg.norm(known_xyz - point, axis=1) if len(known) else np.array([np.inf])
             nearest = int(np.argmin(distance))

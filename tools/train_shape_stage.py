@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     proposer = load_proposer(args.proposer)
     reclassifier = load_reclassifier(args.reclassifier or shipped_weights("reclassifier.safetensors"))
     train = [s for d in args.train for s in read_labelled_set(d)]
-    val = [s for d in args.val for s in read_labelled_set(d)]
+    val_sets = [read_labelled_set(d) for d in args.val]
+    val = [s for scans in val_sets for s in scans]
     started = time.perf_counter()
     train_samples, val_samples, val_yolo = [], [], []
     for n, scan in enumerate(train + val, start=1):
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.val) > 1:
         print("at the chosen point, per validation folder:")
         start = 0
-        for folder in args.val:
-            count = len(read_labelled_set(folder))
+        for folder, scans in zip(args.val, val_sets, strict=True):
+            count = len(scans)
             figures = _figures_at(best, shape, val_samples[start:start + count], val_yolo[start:start + count])
             print(f"  {Path(folder).name}: {count} scans, sensitivity {figures['sensitivity']:.3f}, precision "
                   f"{figures['precision']:.3f}, F1 {figures['f1']:.3f}, FP/subject {figures['fp_per_subject']:.2f}")
