@@ -285,3 +285,58 @@ def test_a_lesion_on_a_slab_gets_unknown_region_and_the_reason():
     assert list(lesions.region) == ["unknown"] and list(lesions.ivh) == [0]
     assert len(lesions.notes) == 1 and "partial coverage" in lesions.notes[0] and "ivh=0" in lesions.notes[0]
     assert lesions.volume_ml[0] == pytest.approx(100 * 8 / 1000)
+
+
+def _mni_ct_with_ventricles(path, blood_ml: float):
+    """A CT in MNI space (2 mm; anchor = identity): brain 32 HU, the atlas's lateral / third ventricles
+    CSF (5 HU), the lowest ``blood_ml`` of the ventricles filled with blood (60 HU)."""
+    from cmbdet.anatomy import mni_maps
+
+    maps = mni_maps(2)
+    hu = np.where(maps.brain, 32.0, -1000.0).astype(np.float32)
+    ventricles = maps.d_vent < 1.0
+    hu[ventricles] = 5.0
+    cells = np.argwhere(ventricles)
+    lowest = cells[np.argsort(cells[:, 2], kind="stable")][: int(round(blood_ml / 0.008))]
+    hu[tuple(lowest.T)] = 60.0
+    save_ct(path, hu, maps.affine)
+    return load_ct_volume(path), lowest
+
+
+def test_blood_in_the_ventricles_flags_the_lesion_beside_it(tmp_path):
+    from cmbdet.lesions.result import BLOOD_HU, VENTRICULAR_REACH_MM, intraventricular
+    from cmbdet.regions import MniAnchor
+
+    anchor = MniAnchor(np.eye(4))
+    for blood_ml, expected in ((3.0, [1, 0]), (0.5, [0, 0])):
+        volume, blood = _mni_ct_with_ventricles(tmp_path / f"head_{blood_ml}.nii.gz", blood_ml)
+        labels = np.zeros(volume.shape, np.int16)
+        # lesion 1: a hematoma whose edge is 4 mm lateral to the ventricular blood, outside the
+        # ventricles itself (its mask and one voxel around it are not counted as ventricular blood)
+        near = blood[np.argmax(np.abs(blood[:, 0] - blood[:, 0].mean()))].copy()
+        near[0] += 3 * int(np.sign(near[0] - blood[:, 0].mean()) or 1)
+        labels[near[0] - 1:near[0] + 2, near[1] - 1:near[1] + 2, near[2] - 1:near[2] + 2] = 1
+        labels[blood[:, 0], blood[:, 1], blood[:, 2]] = 0
+        # lesion 2: far away (frontal lobe)
+        far = np.rint(np.linalg.solve(volume.affine, [30.0, 50.0, 30.0, 1.0])[:3]).astype(int)
+        labels[far[0] - 1:far[0] + 2, far[1] - 1:far[1] + 2, far[2] - 1:far[2] + 2] = 2
+        mask_only = intraventricular(volume, labels, 2, anchor)
+        with_blood = intraventricular(volume, labels, 2, anchor, blood_hu=BLOOD_HU)
+        assert mask_only.tolist() == [0, 0]  # neither mask reaches 10 % into the ventricles
+        assert with_blood.tolist() == expected, (blood_ml, with_blood)
+    assert VENTRICULAR_REACH_MM >= 4.0
+
+
+def test_a_lesions_own_voxels_are_not_its_ventricular_blood(tmp_path):
+    # the hematoma's mask holds all the blood in the ventricles but lies mostly outside them (< 10 %):
+    # through an approximate atlas fit that is a hematoma beside a ventricle, not one extending into it
+    from cmbdet.lesions.result import BLOOD_HU, intraventricular
+    from cmbdet.regions import MniAnchor
+
+    volume, blood = _mni_ct_with_ventricles(tmp_path / "head.nii.gz", 3.0)
+    labels = np.zeros(volume.shape, np.int16)
+    corner = blood.min(axis=0)
+    labels[corner[0] - 16:corner[0], corner[1]:corner[1] + 16, corner[2]:corner[2] + 16] = 1
+    labels[blood[:, 0], blood[:, 1], blood[:, 2]] = 1
+    assert (labels == 1).sum() > 10 * len(blood)
+    assert intraventricular(volume, labels, 1, MniAnchor(np.eye(4)), blood_hu=BLOOD_HU).tolist() == [0]

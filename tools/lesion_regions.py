@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from cmbdet.lesions.ct import ct_working_image, load_ct_volume
-from cmbdet.lesions.result import measure_lesions
+from cmbdet.lesions.result import BLOOD_HU, measure_lesions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         for index, row in enumerate(truth):
             labels[painted == int(row["lesion_id"])] = index + 1
         start = time.perf_counter()
-        lesions = measure_lesions(volume, labels, np.ones(len(truth)), work.mask, work.affine)
+        lesions = measure_lesions(volume, labels, np.ones(len(truth)), work.mask, work.affine, blood_hu=BLOOD_HU)
         seconds.append(time.perf_counter() - start)
         regions += [(str(lesions.region[i]), row["region"]) for i, row in enumerate(truth)]
         ivh += [(int(lesions.ivh[i]), int(row["ivh"])) for i, row in enumerate(truth)]

@@ -19,7 +19,7 @@ from scipy import ndimage
 from cmbdet.errors import InputError
 from cmbdet.lesions.ct import DEFAULT_SPACING_MM, CTWorkingImage, ct_working_image, network_input
 from cmbdet.lesions.model import LesionNet
-from cmbdet.lesions.result import Lesions, empty_lesions, measure_lesions
+from cmbdet.lesions.result import BLOOD_HU, Lesions, empty_lesions, measure_lesions
 from cmbdet.volume import Volume
 from cmbdet.weights import load_state, pick_device, save_state, shipped_weights
 
@@ -139,7 +139,7 @@ def ct_lesions_from_probability(volume: Volume, work: CTWorkingImage, prob: np.n
     point says. Any source of blood probability goes through here (the network, or a compared model)."""
     prob = prob * ndimage.binary_dilation(work.mask, iterations=2)
     lesions = lesions_from_probability(volume, prob, work.affine, work.mask, threshold=model.threshold,
-                                       min_ml=model.min_ml, group_mm=model.group_mm)
+                                       min_ml=model.min_ml, group_mm=model.group_mm, blood_hu=BLOOD_HU)
     labels, scores = lesions.labels, lesions.score
     # calcifications are judged on the network's own mask: the refinement keeps only blood densities,
     # which would hide the dense voxels the filter looks for
@@ -148,7 +148,7 @@ def ct_lesions_from_probability(volume: Volume, work: CTWorkingImage, prob: np.n
     if model.refine_hu and len(scores):
         labels = refine_with_density(volume.data, labels, volume.spacing_mm, grow_mm=model.refine_mm)
     if labels is not lesions.labels:
-        lesions = measure_lesions(volume, labels, scores, work.mask, work.affine)
+        lesions = measure_lesions(volume, labels, scores, work.mask, work.affine, blood_hu=BLOOD_HU)
     return lesions
 
 
@@ -212,14 +212,15 @@ def classical_ct_lesions(volume: Volume, *, work: CTWorkingImage | None = None, 
         smooth = ndimage.median_filter(work.hu[box], size=3)
         blood[box] = ndimage.binary_opening((smooth >= low_hu) & (smooth <= high_hu) & inner)
     return lesions_from_probability(volume, blood.astype(np.float32), work.affine, work.mask, threshold=0.5,
-                                    min_ml=min_ml)
+                                    min_ml=min_ml, blood_hu=BLOOD_HU)
 
 
 def lesions_from_probability(volume: Volume, prob: np.ndarray, work_affine: np.ndarray, mask: np.ndarray, *,
-                             threshold: float, min_ml: float, group_mm: float = GROUP_MM) -> Lesions:
+                             threshold: float, min_ml: float, group_mm: float = GROUP_MM,
+                             blood_hu: tuple[float, float] | None = None) -> Lesions:
     """Group blood on the working grid (pieces within ``group_mm`` are one lesion), carry each group
     onto the volume's canonical grid (trilinear probability > ``threshold``), drop lesions under
-    ``min_ml``, number them largest first, and measure them."""
+    ``min_ml``, number them largest first, and measure them (``blood_hu``: CT, see `measure_lesions`)."""
     core = prob >= threshold
     if not core.any():
         return empty_lesions(volume)
@@ -260,4 +261,4 @@ def lesions_from_probability(volume: Volume, prob: np.ndarray, work_affine: np.n
         scores.append(score)
     if not scores:
         return empty_lesions(volume)
-    return measure_lesions(volume, labels, np.array(scores), mask, work_affine)
+    return measure_lesions(volume, labels, np.array(scores), mask, work_affine, blood_hu=blood_hu)

@@ -21,6 +21,16 @@ LESION_COLUMNS = ("subject", "lesion_id", "x_mm", "y_mm", "z_mm", "volume_ml", "
                   "bbox_min_x_mm", "bbox_min_y_mm", "bbox_min_z_mm", "bbox_max_x_mm", "bbox_max_y_mm",
                   "bbox_max_z_mm", "score", "region", "ivh")
 
+#: Fresh blood on CT (HU, after smoothing over 1 mm): denser than brain, less dense than calcium.
+BLOOD_HU = (40.0, 100.0)
+#: Blood-dense volume inside the atlas ventricles that counts as intraventricular blood (mL): the
+#: partial volume of the ventricle walls and choroid plexus through an approximate fit stays below it.
+VENTRICULAR_BLOOD_ML = 1.0
+#: Lesions this close to intraventricular blood (mm) are the ones extending into the ventricles.
+VENTRICULAR_REACH_MM = 10.0
+#: Sampling of the ventricle search (mm).
+VENTRICLE_SAMPLING_MM = 2.0
+
 
 @dataclass(frozen=True)
 class Lesions:
@@ -74,9 +84,11 @@ class Lesions:
 
 
 def measure_lesions(volume: Volume, labels: np.ndarray, scores: np.ndarray, brain_mask: np.ndarray,
-                    mask_affine: np.ndarray) -> Lesions:
+                    mask_affine: np.ndarray, *, blood_hu: tuple[float, float] | None = None) -> Lesions:
     """Measure lesions painted 1..N in ``labels`` ((I, J, K) on ``volume``'s canonical grid), with
-    ``scores`` (N,), given a brain mask and its affine (any grid; for regions and IVH)."""
+    ``scores`` (N,), given a brain mask and its affine (any grid; for regions and IVH). ``blood_hu``
+    (CT: the density range of fresh blood, `BLOOD_HU`): IVH also looks for blood inside the
+    ventricles (`intraventricular`)."""
     n = int(labels.max()) if labels.size else 0
     spacing = volume.spacing_mm
     voxel_ml = float(abs(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
@@ -107,7 +119,8 @@ def measure_lesions(volume: Volume, labels: np.ndarray, scores: np.ndarray, brai
         region, ivh, notes = np.zeros(0, dtype=object), np.zeros(0, dtype=int), ()
     else:
         anchor = anchor_to_mni(brain_mask, mask_affine)
-        region, ivh = assign_regions(found, anchor).region, intraventricular(volume, labels, n, anchor)
+        region = assign_regions(found, anchor).region
+        ivh = intraventricular(volume, labels, n, anchor, blood_hu=blood_hu)
         notes = (anchor.note + "; ivh=0",) if anchor.note else ()
     return Lesions(labels=labels.astype(np.int16), xyz_mm=xyz, volume_ml=vol, abc2_ml=abc2, bbox_min_mm=lo,
                    bbox_max_mm=hi, score=np.asarray(scores, float).reshape(n), region=region, ivh=ivh, notes=notes)
@@ -153,10 +166,16 @@ def _diameters(points: np.ndarray, pixel_mm: np.ndarray) -> tuple[float, float]:
 
 
 def intraventricular(volume: Volume, labels: np.ndarray, n: int, anchor: MniAnchor, *,
-                     min_fraction: float = 0.1) -> np.ndarray:
+                     min_fraction: float = 0.1, blood_hu: tuple[float, float] | None = None) -> np.ndarray:
     """(N,) int: 1 when at least ``min_fraction`` of a lesion's voxels fall in the lateral or third
     ventricles, located through the brain's fit to MNI (``anchor``, `cmbdet.regions.anchor_to_mni`);
-    0 for every lesion when the anchor could not be fitted."""
+    0 for every lesion when the anchor could not be fitted.
+
+    With ``blood_hu`` (CT, `BLOOD_HU`) a lesion is also flagged when it lies within
+    `VENTRICULAR_REACH_MM` of at least `VENTRICULAR_BLOOD_ML` of blood-dense voxels inside those
+    ventricles and outside its own mask (`near_ventricular_blood`): ventricular blood is often
+    left out of the hematoma's mask (a thin tongue through the ventricle wall, a layer in the
+    dependent horns), so the mask alone misses it."""
     out = np.zeros(n, dtype=int)
     if n == 0 or anchor.to_mni is None:
         return out
@@ -171,6 +190,50 @@ def intraventricular(volume: Volume, labels: np.ndarray, n: int, anchor: MniAnch
         mni = anchor.mni_mm(volume.ijk_to_xyz_mm(ijk))
         vox = np.clip(np.rint(maps.mm_to_vox(mni)).astype(int), 0, np.array(maps.shape) - 1)
         out[index] = int(ventricles[tuple(vox.T)].mean() >= min_fraction)
+    if blood_hu is not None:
+        out |= near_ventricular_blood(volume, labels, n, anchor, blood_hu)
+    return out
+
+
+def near_ventricular_blood(volume: Volume, labels: np.ndarray, n: int, anchor: MniAnchor,
+                           blood_hu: tuple[float, float]) -> np.ndarray:
+    """(N,) int: 1 for a lesion with at least `VENTRICULAR_BLOOD_ML` of blood inside the MNI lateral /
+    third ventricles (fitted through ``anchor``) outside its own mask, and some of it within
+    `VENTRICULAR_REACH_MM`; CT in HU on ``volume``'s canonical grid, sampled every
+    `VENTRICLE_SAMPLING_MM`. The lesion's own voxels (and one sample around them) are the mask rule's
+    business: a hematoma beside a ventricle must not count as blood inside it through an approximate fit."""
+    out = np.zeros(n, dtype=int)
+    spacing = volume.spacing_mm
+    step = np.maximum(np.round(VENTRICLE_SAMPLING_MM / spacing).astype(int), 1)
+    grid = tuple(slice(0, size, s) for size, s in zip(volume.shape, step, strict=True))
+    density = ndimage.gaussian_filter(np.asarray(volume.data, np.float32), 1.0 / spacing)[grid]
+    dense = (density >= blood_hu[0]) & (density <= blood_hu[1])
+    if not dense.any():
+        return out
+    maps = mni_maps(2)
+    ijk = np.argwhere(dense) * step
+    vox = np.rint(maps.mm_to_vox(anchor.mni_mm(volume.ijk_to_xyz_mm(ijk)))).astype(int)
+    inside = np.all((vox >= 0) & (vox < np.array(maps.shape)), axis=1)
+    in_ventricle = np.zeros(len(ijk), bool)
+    in_ventricle[inside] = maps.d_vent[tuple(vox[inside].T)] < 1.0
+    sample_spacing = spacing * step
+    sample_ml = float(np.prod(sample_spacing)) / 1000.0
+    if in_ventricle.sum() * sample_ml < VENTRICULAR_BLOOD_ML:
+        return out
+    blood = np.zeros(dense.shape, bool)
+    blood[tuple((ijk[in_ventricle] // step).T)] = True
+    for index, box in enumerate(ndimage.find_objects(labels.astype(np.int32), max_label=n)):
+        if box is None:
+            continue
+        lesion_ijk = np.argwhere(labels[box] == index + 1) + np.array([s.start for s in box])
+        own = np.zeros(dense.shape, bool)
+        own[tuple(np.minimum(np.rint(lesion_ijk / step).astype(int), np.array(dense.shape) - 1).T)] = True
+        own = ndimage.binary_dilation(own)
+        outside = blood & ~own
+        if outside.sum() * sample_ml < VENTRICULAR_BLOOD_ML:
+            continue
+        distance = ndimage.distance_transform_edt(~own, sampling=sample_spacing)
+        out[index] = int(distance[outside].min() <= VENTRICULAR_REACH_MM)
     return out
 
 
