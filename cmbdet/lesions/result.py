@@ -200,18 +200,32 @@ def near_ventricular_blood(volume: Volume, labels: np.ndarray, n: int, anchor: M
     """(N,) int: 1 for a lesion with at least `VENTRICULAR_BLOOD_ML` of blood inside the MNI lateral /
     third ventricles (fitted through ``anchor``) outside its own mask, and some of it within
     `VENTRICULAR_REACH_MM`; CT in HU on ``volume``'s canonical grid, sampled every
-    `VENTRICLE_SAMPLING_MM`. The lesion's own voxels (and one sample around them) are the mask rule's
-    business: a hematoma beside a ventricle must not count as blood inside it through an approximate fit."""
+    `VENTRICLE_SAMPLING_MM` around the ventricles. The lesion's own voxels (and one sample around
+    them) are the mask rule's business: a hematoma beside a ventricle must not count as blood inside
+    it through an approximate fit."""
     out = np.zeros(n, dtype=int)
+    maps = mni_maps(2)
     spacing = volume.spacing_mm
     step = np.maximum(np.round(VENTRICLE_SAMPLING_MM / spacing).astype(int), 1)
-    grid = tuple(slice(0, size, s) for size, s in zip(volume.shape, step, strict=True))
-    density = ndimage.gaussian_filter(np.asarray(volume.data, np.float32), 1.0 / spacing)[grid]
+    # only the ventricles' neighbourhood is searched (a thin-slice CT smoothed whole would cost seconds)
+    ventricle_vox = np.argwhere(maps.d_vent < 1.0)
+    unit = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], float)
+    corners_vox = ventricle_vox.min(axis=0) + unit * np.ptp(ventricle_vox, axis=0)
+    to_scanner = np.linalg.inv(anchor.to_mni) @ maps.affine  # MNI map voxel -> scanner RAS mm
+    corners = volume.xyz_mm_to_ijk(np.c_[corners_vox, np.ones(8)] @ to_scanner.T[:, :3])
+    margin = (VENTRICULAR_REACH_MM + 2.0 * VENTRICLE_SAMPLING_MM) / spacing
+    lo = np.clip(np.floor(corners.min(axis=0) - margin).astype(int), 0, np.array(volume.shape))
+    hi = np.clip(np.ceil(corners.max(axis=0) + margin).astype(int) + 1, 0, np.array(volume.shape))
+    if np.any(hi - lo < 1):
+        return out
+    lo -= lo % step  # samples stay on the scan's every-`step` grid
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    density = ndimage.gaussian_filter(np.asarray(volume.data[box], np.float32), 1.0 / spacing)
+    density = density[tuple(slice(0, None, s) for s in step)]
     dense = (density >= blood_hu[0]) & (density <= blood_hu[1])
     if not dense.any():
         return out
-    maps = mni_maps(2)
-    ijk = np.argwhere(dense) * step
+    ijk = np.argwhere(dense) * step + lo
     vox = np.rint(maps.mm_to_vox(anchor.mni_mm(volume.ijk_to_xyz_mm(ijk)))).astype(int)
     inside = np.all((vox >= 0) & (vox < np.array(maps.shape)), axis=1)
     in_ventricle = np.zeros(len(ijk), bool)
@@ -221,13 +235,17 @@ def near_ventricular_blood(volume: Volume, labels: np.ndarray, n: int, anchor: M
     if in_ventricle.sum() * sample_ml < VENTRICULAR_BLOOD_ML:
         return out
     blood = np.zeros(dense.shape, bool)
-    blood[tuple((ijk[in_ventricle] // step).T)] = True
-    for index, box in enumerate(ndimage.find_objects(labels.astype(np.int32), max_label=n)):
-        if box is None:
+    blood[tuple(((ijk[in_ventricle] - lo) // step).T)] = True
+    for index, found in enumerate(ndimage.find_objects(labels.astype(np.int32), max_label=n)):
+        if found is None:
             continue
-        lesion_ijk = np.argwhere(labels[box] == index + 1) + np.array([s.start for s in box])
+        lesion_ijk = np.argwhere(labels[found] == index + 1) + np.array([s.start for s in found])
+        coarse = np.rint((lesion_ijk - lo) / step).astype(int)
+        coarse = coarse[np.all((coarse >= 0) & (coarse < np.array(dense.shape)), axis=1)]
+        if len(coarse) == 0:  # wholly outside the searched box: farther than the reach from any ventricle
+            continue
         own = np.zeros(dense.shape, bool)
-        own[tuple(np.minimum(np.rint(lesion_ijk / step).astype(int), np.array(dense.shape) - 1).T)] = True
+        own[tuple(coarse.T)] = True
         own = ndimage.binary_dilation(own)
         outside = blood & ~own
         if outside.sum() * sample_ml < VENTRICULAR_BLOOD_ML:
