@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from nibabel.affines import apply_affine
 from scipy import ndimage
 
 from cmbdet.anatomy import mni_maps
@@ -212,7 +213,7 @@ def near_ventricular_blood(volume: Volume, labels: np.ndarray, n: int, anchor: M
     unit = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], float)
     corners_vox = ventricle_vox.min(axis=0) + unit * np.ptp(ventricle_vox, axis=0)
     to_scanner = np.linalg.inv(anchor.to_mni) @ maps.affine  # MNI map voxel -> scanner RAS mm
-    corners = volume.xyz_mm_to_ijk(np.c_[corners_vox, np.ones(8)] @ to_scanner.T[:, :3])
+    corners = volume.xyz_mm_to_ijk(apply_affine(to_scanner, corners_vox))
     margin = (VENTRICULAR_REACH_MM + 2.0 * VENTRICLE_SAMPLING_MM) / spacing
     lo = np.clip(np.floor(corners.min(axis=0) - margin).astype(int), 0, np.array(volume.shape))
     hi = np.clip(np.ceil(corners.max(axis=0) + margin).astype(int) + 1, 0, np.array(volume.shape))
