@@ -31,11 +31,6 @@ SCALES_MM = (0.75, 1.0, 1.5, 2.0, 3.0)
 REFINE_MM = 2.0
 #: Shell (mm from the centre) whose median is the surrounding tissue level.
 SHELL_MM = (5.0, 9.5)
-#: A dark focus thicker than this radius (mm, across its thinnest axis) is measured again in a cube
-#: enlarged by radius / ZOOM_RADIUS_MM (at most MAX_ZOOM), so that it fills the cube as a small one does:
-#: at the usual size a large microbleed reaches the tissue shell and the straight paths, and reads as a vein.
-ZOOM_RADIUS_MM = 2.0
-MAX_ZOOM = 3.0
 
 _PER_SCALE = ("blobness", "tubeness", "plateness", "strength", "l1", "l2", "l3")
 _REGION = ("volume_mm3", "axis1_mm", "axis2_mm", "axis3_mm", "elongation", "flatness", "reaches_edge",
@@ -45,7 +40,6 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"s{s:g}_{n}" for s in SCALES_MM for n in _PER_SCALE),
     *(f"half_{n}" for n in _REGION), *(f"quarter_{n}" for n in _REGION),
     "n_dark_spots", "through_darkness", "through_normal_alignment", "one_side_darkness", "slice_mm", "inplane_mm",
-    "zoom",
 )
 #: Distances (mm) from the centre at which straight paths through it are sampled.
 PATH_RADII_MM = (3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
@@ -66,38 +60,20 @@ def shape_features(volume: Volume, xyz_mm: np.ndarray) -> np.ndarray:
 
 def _features_at(volume: Volume, point_mm: np.ndarray, normal: np.ndarray, slice_mm: float,
                  inplane_mm: float) -> np.ndarray:
-    first = _measure(volume, point_mm, normal, zoom=1.0, refine=True)
-    if first is None:  # the point lies outside the scan, or in no tissue
+    cube = _world_cube(volume, point_mm)
+    if not np.isfinite(cube).any():  # the point lies outside the scan
         return np.zeros(len(FEATURE_NAMES), dtype=np.float32)
-    values, centre_mm, minor_radius_mm = first
-    zoom = float(np.clip(minor_radius_mm / ZOOM_RADIUS_MM, 1.0, MAX_ZOOM))
-    if zoom > 1.0:  # a large dark focus: measure it again in a cube scaled to its size
-        second = _measure(volume, centre_mm, normal, zoom=zoom, refine=False)
-        if second is not None:
-            values = [*second[0][:2], values[2], *second[0][3:]]  # the offset is the first pass's
-    values = [*values, slice_mm, inplane_mm, zoom]
-    return np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _measure(volume: Volume, point_mm: np.ndarray, normal: np.ndarray, *, zoom: float,
-             refine: bool) -> tuple[list[float], np.ndarray, float] | None:
-    """(measurements up to the acquisition's voxel size, the centre used (mm), radius (mm) of the dark
-    region across its thinnest axis) in a cube of ``zoom`` times the usual size (lengths in the cube's
-    units: mm / zoom); None outside the scan."""
-    cube = _world_cube(volume, point_mm, zoom)
-    if not np.isfinite(cube).any():
-        return None
-    centre_mm = np.asarray(point_mm, dtype=float)
+    smooth = ndimage.gaussian_filter(np.nan_to_num(cube, nan=np.nanmedian(cube)), 0.75 / STEP_MM)
     radius = _radius_mm()
-    if refine:
-        smooth = ndimage.gaussian_filter(np.nan_to_num(cube, nan=np.nanmedian(cube)), 0.75 / STEP_MM)
-        idx = np.unravel_index(np.argmin(np.where(radius <= REFINE_MM, smooth, np.inf)), cube.shape)
-        centre_mm = centre_mm + (np.array(idx) - cube.shape[0] // 2) * STEP_MM * zoom
-        cube = _world_cube(volume, centre_mm, zoom)
+    near = radius <= REFINE_MM
+    idx = np.unravel_index(np.argmin(np.where(near, smooth, np.inf)), cube.shape)
+    shift_mm = (np.array(idx) - cube.shape[0] // 2) * STEP_MM
+    centre_mm = point_mm + shift_mm
+    cube = _world_cube(volume, centre_mm)
     shell = (radius >= SHELL_MM[0]) & (radius <= SHELL_MM[1]) & np.isfinite(cube) & (cube > 0)
     level = float(np.median(cube[shell])) if shell.sum() > 20 else float(np.nanmedian(cube))
     if not np.isfinite(level) or level <= 0:
-        return None
+        return np.zeros(len(FEATURE_NAMES), dtype=np.float32)
     relative = np.nan_to_num(cube / level - 1.0, nan=0.0)  # 0 = surrounding tissue, -1 = black
     fine = ndimage.gaussian_filter(relative, 0.5 / STEP_MM)
     centre = tuple(s // 2 for s in relative.shape)
@@ -119,18 +95,16 @@ def _measure(volume: Volume, point_mm: np.ndarray, normal: np.ndarray, *, zoom: 
         regions += _region_measurements(fine, depth * fraction, normal)
     spots = _dark_spots(fine, depth * 0.5)
     paths = _straight_paths(fine, depth, normal)
-    offset_mm = float(np.linalg.norm(centre_mm - point_mm))
-    # a uniform ball of radius R has a standard deviation of R / sqrt(5) along every axis
-    minor_radius_mm = float(np.sqrt(5.0) * regions[_REGION.index("axis3_mm")] * zoom)
-    return [depth, cnr, offset_mm, *per_scale, *regions, spots, *paths], centre_mm, minor_radius_mm
+    values = [depth, cnr, float(np.linalg.norm(shift_mm)), *per_scale, *regions, spots, *paths, slice_mm, inplane_mm]
+    return np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _world_cube(volume: Volume, centre_mm: np.ndarray, zoom: float = 1.0) -> np.ndarray:
-    """(M, M, M) float32 of the scan on a world-aligned (RAS) grid of ``STEP_MM * zoom`` around a point;
-    NaN outside the scan."""
+def _world_cube(volume: Volume, centre_mm: np.ndarray) -> np.ndarray:
+    """(M, M, M) float32 of the scan on a world-aligned (RAS) grid of ``STEP_MM`` around a point; NaN
+    outside the scan."""
     to_voxel = np.linalg.inv(volume.affine)
     centre_ijk = to_voxel[:3, :3] @ centre_mm + to_voxel[:3, 3]
-    ijk = centre_ijk[:, None] + to_voxel[:3, :3] @ (_grid_mm() * zoom)  # (3, M^3) canonical voxel coordinates
+    ijk = centre_ijk[:, None] + to_voxel[:3, :3] @ _grid_mm()  # (3, M^3) canonical voxel coordinates
     values = ndimage.map_coordinates(volume.data, ijk, order=1, mode="constant", cval=np.nan)
     return values.reshape((len(_offsets()),) * 3).astype(np.float32)
 
