@@ -82,7 +82,7 @@ class Detector:
         if self.reclassifier is not None:
             from cmbdet.reclassifier.infer import reclassify
 
-            found = reclassify(volume, found, self.reclassifier)
+            found = reclassify(volume, found, self.reclassifier, working)
         return assign_regions(found.sorted_by_score(), anchor_to_mni(working.mask, working.affine))
 
 

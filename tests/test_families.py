@@ -65,9 +65,10 @@ def test_shipped_detector_metadata_names_its_training_and_validation_families():
     training = meta["shape_training_data"]["sources"]
     assert {s["family"] for s in training} == {"classic", "randomized", "beta"}
     assert all(s["role"] == "training" for s in training)
-    assert {s["family"] for s in meta["shape_validation_data"]["sources"]} == {"delta"}
+    # since session 22 stage 2's settings and operating point are chosen on two validation families
+    assert {s["family"] for s in meta["shape_validation_data"]["sources"]} == {"delta", "epsilon"}
     assert "/" not in json.dumps(training)  # names of sets, never paths on the training machine
-    assert {s["family"] for s in meta["operating_point_validation_data"]["sources"]} == {"delta"}
+    assert {s["family"] for s in meta["operating_point_validation_data"]["sources"]} == {"delta", "epsilon"}
     proposer = read_metadata(shipped_weights("proposer.safetensors"))
     assert {s["family"] for s in proposer["training_data"]["sources"]} == {"classic", "randomized", "beta"}
     # the stage-1-alone threshold (--no-reclassify) was chosen on the validation family too

@@ -52,6 +52,52 @@ def test_a_ball_and_a_tube_are_told_apart_whatever_the_intensity_scale():
                                rtol=1e-3, atol=1e-3)
 
 
+def test_a_large_microbleed_is_measured_at_its_own_size_and_a_thick_vessel_is_not(monkeypatch):
+    import cmbdet.reclassifier.shape as shape_module
+
+    shape = (100, 100, 60)
+    data = np.full(shape, 1.0, dtype=np.float32)
+    world = nib.affines.apply_affine(AFFINE, np.indices(shape).reshape(3, -1).T)
+    data.reshape(-1)[np.linalg.norm(world - [0, -15, 8], axis=1) <= 5.0] = 0.15  # a 10 mm focus
+    data.reshape(-1)[np.linalg.norm(world - [-10, -5, 8], axis=1) <= 1.5] = 0.15  # a 3 mm one
+    data.reshape(-1)[np.linalg.norm((world - [12, 5, 8])[:, 1:], axis=1) <= 2.5] = 0.15  # a 5 mm vessel along x
+    data += np.random.default_rng(0).normal(0, 0.02, shape).astype(np.float32)
+    volume = volume_from_image(nib.Nifti1Image(data * 100, AFFINE))
+    points = [[0.5, -15, 8], [-10, -5, 8], [12, 5, 8]]
+    large, small, vessel = (_named(r) for r in shape_features(volume, points))
+    monkeypatch.setattr(shape_module, "ZOOM_MIN_DEPTH", 2.0)  # no focus is ever zoomed
+    usual_large, usual_small, usual_vessel = (_named(r) for r in shape_features(volume, points))
+    assert small == usual_small and vessel == usual_vessel, "only a large compact focus is measured again"
+    # at the usual cube size the 10 mm focus fills the straight paths (a vein's signature) and is flat at 0.75 mm;
+    # at its own size it reads as the 3 mm one does
+    assert usual_large["through_darkness"] > 0.3 and usual_large["s1_blobness"] < 0.5
+    assert large["through_darkness"] < 0.2 and large["s1_blobness"] > 0.5
+    for name in ("through_darkness", "s1_blobness", "half_elongation", "half_axis1_mm"):
+        assert large[name] == pytest.approx(small[name], abs=0.3), name
+
+
+def test_context_tells_tissue_from_csf_and_from_signal_loss():
+    from cmbdet.preprocess import WorkingImage
+    from cmbdet.reclassifier.context import CONTEXT_NAMES, context_features
+
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = -60
+    image = np.ones((120, 120, 120), np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[10:110, 10:110, 10:110] = True
+    image[60:75, 50:70, 50:70] = 2.0  # a CSF-bright ventricle
+    image[20:35, 20:40, 50:70] = 0.2  # signal loss
+    working = WorkingImage(image=image, mask=mask, affine=affine)
+    in_tissue, by_csf, by_loss, at_edge = (dict(zip(CONTEXT_NAMES, r.tolist(), strict=True)) for r in context_features(
+        working, [[-20, 20, 0], [7, 0, 0], [-30, -30, 0], [-48, 0, 0]]))
+    assert in_tissue["near_level"] == pytest.approx(1.0) and in_tissue["near_csf_share"] == 0
+    assert in_tissue["near_brain_share"] == 1.0
+    assert by_csf["near_csf_share"] > 0.3 and by_csf["near_level"] > in_tissue["near_level"]
+    assert by_loss["near_dark_share"] > 0.3 and by_loss["near_csf_share"] == 0
+    assert at_edge["wide_brain_share"] < 0.8
+    assert context_features(working, np.zeros((0, 3))).shape == (0, len(CONTEXT_NAMES))
+
+
 def test_features_do_not_depend_on_the_axis_order_of_the_file():
     from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 

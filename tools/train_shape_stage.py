@@ -36,9 +36,10 @@ import numpy as np
 
 def _samples(scan, proposer, reclassifier, count: int, cache: Path, want_yolo: bool):
     """A scan's `ShapeSamples` (and the YOLO probabilities of its candidates if ``want_yolo``), cached."""
+    from cmbdet.preprocess import prepare_working_image
     from cmbdet.proposer.infer import propose_candidates
     from cmbdet.reclassifier.infer import candidate_patches, cmb_probability
-    from cmbdet.reclassifier.shape import FEATURE_NAMES, shape_features
+    from cmbdet.reclassifier.shape import CONTEXT_SPACING_MM, FEATURE_NAMES, shape_features
     from cmbdet.reclassifier.shape_train import ShapeSamples, known_mimics, shape_samples
     from cmbdet.volume import load_volume
 
@@ -47,8 +48,10 @@ def _samples(scan, proposer, reclassifier, count: int, cache: Path, want_yolo: b
     if stored is not None and tuple(stored.get("feature_names", ())) != FEATURE_NAMES:
         # measured with other shape features: measure the same candidates again
         volume = load_volume(scan.image_path)
-        stored.update(cand=shape_features(volume, stored["xyz"]), truth=shape_features(volume, scan.cmb_xyz_mm),
-                      mimic=shape_features(volume, known_mimics(scan)), feature_names=np.array(FEATURE_NAMES))
+        working = prepare_working_image(volume, CONTEXT_SPACING_MM)
+        stored.update(cand=shape_features(volume, stored["xyz"], working),
+                      truth=shape_features(volume, scan.cmb_xyz_mm, working),
+                      mimic=shape_features(volume, known_mimics(scan), working), feature_names=np.array(FEATURE_NAMES))
         _save(path, stored)
     if stored is not None and (not want_yolo or "yolo" in stored):
         xyz, stage1 = stored["xyz"].reshape(-1, 3), stored["stage1"]
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reclassifier", help="stage-2 YOLO weights to combine with (default: shipped)")
     parser.add_argument("--max-candidates", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-trees", type=int, help="boosting rounds of the shape model (default: the library's)")
     parser.add_argument("--keep-shape", action="store_true",
                         help="keep the shape model of --reclassifier; choose only the operating point on --val")
     parser.add_argument("--cache", required=True, help="folder for per-scan measurements")
@@ -141,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--keep-shape: the --reclassifier weights carry no shape model")
         shape = reclassifier.shape
     else:
-        shape = train_shape_model(train_samples, seed=args.seed)
+        trees = {} if args.max_trees is None else {"max_trees": args.max_trees}
+        shape = train_shape_model(train_samples, seed=args.seed, **trees)
     fit_seconds = time.perf_counter() - t0
     best, rows = choose_stage2_point(val_samples, val_yolo,
                                      shape, counts=[c for c in (30, 60, 100, 150) if c <= args.max_candidates])
@@ -175,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     reclassifier.threshold = best["threshold"]
     if not args.keep_shape:
         reclassifier.metadata.update(shape_training_data=describe_sources(args.train, train, role="training"),
-                                     shape_seed=args.seed)
+                                     shape_seed=args.seed, shape_trees=len(shape.tree_start))
     reclassifier.metadata.update(
         max_candidates=best["max_candidates"], shape_validation_data=describe_sources(args.val, val, role="validation"),
         # what the operating point and the val_* figures below were chosen and measured on (``validation_data``

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cmbdet.detections import Detections
+from cmbdet.preprocess import WorkingImage
 from cmbdet.reclassifier.patches import FOV_MM, PATCH_PIXELS, SLAB_MM, extract_patches
 from cmbdet.reclassifier.shape import shape_features
 from cmbdet.reclassifier.shape_model import ShapeModel
@@ -119,8 +120,10 @@ def final_score(stage1: np.ndarray, stage2: np.ndarray, stage1_weight: float) ->
     return stage1**stage1_weight * stage2 ** (1.0 - stage1_weight)
 
 
-def reclassify(volume: Volume, candidates: Detections, reclassifier: Reclassifier) -> Detections:
-    """Stage 2: candidates with ``stage2`` scores; the final ``score`` is `final_score` of both stages."""
+def reclassify(volume: Volume, candidates: Detections, reclassifier: Reclassifier,
+               working: WorkingImage | None = None) -> Detections:
+    """Stage 2: candidates with ``stage2`` scores; the final ``score`` is `final_score` of both stages.
+    ``working``: stage 1's working image of the scan, reused by the shape measurements if given."""
     if len(candidates) == 0:
         return candidates
     patches = candidate_patches(volume, candidates.xyz_mm, reclassifier)
@@ -128,7 +131,7 @@ def reclassify(volume: Volume, candidates: Detections, reclassifier: Reclassifie
     scores = {"yolo": yolo}
     shape = None
     if reclassifier.shape is not None:
-        shape = reclassifier.shape.probability(shape_features(volume, candidates.xyz_mm))
+        shape = reclassifier.shape.probability(shape_features(volume, candidates.xyz_mm, working))
         scores["shape"] = shape
     stage2 = stage2_probability(yolo, shape, reclassifier.shape_weight)
     stage1 = candidates.stage_scores.get("stage1", candidates.score)

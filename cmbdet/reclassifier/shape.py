@@ -8,8 +8,13 @@ cube resampled at ``STEP_MM`` around the point, with intensities taken relative 
 tissue (so the scanner's scale, the bias field and the tissue contrast drop out) and the acquisition's
 own voxel size beside them (a thick slice smears a ball along its normal).
 
-`shape_features(volume, xyz_mm)` returns an (N, len(FEATURE_NAMES)) float32 array; the stage-2 shape
-model (`cmbdet.reclassifier.shape_model`) learns from these.
+A large dark focus (a 6-10 mm microbleed) fills the usual cube, reaches the tissue shell and the
+straight paths that mark a vein, and is flat at the finest scales; a round, compact, dark one is
+therefore measured again in a cube scaled to its size (``zoom``).
+
+`shape_features(volume, xyz_mm)` returns an (N, len(FEATURE_NAMES)) float32 array: these measurements
+followed by the context ones of `cmbdet.reclassifier.context` (what surrounds the point: tissue, CSF or
+signal loss). The stage-2 shape model (`cmbdet.reclassifier.shape_model`) learns from these.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
+from cmbdet.preprocess import WorkingImage, prepare_working_image
+from cmbdet.reclassifier.context import CONTEXT_NAMES, context_features
 from cmbdet.volume import Volume
 
 #: Sampling step of the local cube, mm, and its half-width.
@@ -31,6 +38,18 @@ SCALES_MM = (0.75, 1.0, 1.5, 2.0, 3.0)
 REFINE_MM = 2.0
 #: Shell (mm from the centre) whose median is the surrounding tissue level.
 SHELL_MM = (5.0, 9.5)
+#: A dark focus thicker than this radius (mm, across its thinnest axis) is measured again in a cube
+#: enlarged by radius / ZOOM_RADIUS_MM (at most MAX_ZOOM), so that it fills the cube as a small one does:
+#: at the usual size a large microbleed reaches the tissue shell and the straight paths, and reads as a vein.
+ZOOM_RADIUS_MM = 2.0
+MAX_ZOOM = 3.0
+#: Only a focus that looks like a large microbleed at the usual size is zoomed: at least this deep (half as
+#: dark as black), its half-depth region at most ZOOM_MAX_ELONGATION:1 and not reaching the cube's edge
+#: (a shallow or elongated one joins larger dark structures: veins, sulci, signal loss).
+ZOOM_MIN_DEPTH = 0.5
+ZOOM_MAX_ELONGATION = 2.0
+#: Spacing (mm) of the working image the context measurements are taken on (stage 1's).
+CONTEXT_SPACING_MM = 1.0
 
 _PER_SCALE = ("blobness", "tubeness", "plateness", "strength", "l1", "l2", "l3")
 _REGION = ("volume_mm3", "axis1_mm", "axis2_mm", "axis3_mm", "elongation", "flatness", "reaches_edge",
@@ -40,40 +59,75 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"s{s:g}_{n}" for s in SCALES_MM for n in _PER_SCALE),
     *(f"half_{n}" for n in _REGION), *(f"quarter_{n}" for n in _REGION),
     "n_dark_spots", "through_darkness", "through_normal_alignment", "one_side_darkness", "slice_mm", "inplane_mm",
+    *CONTEXT_NAMES,
 )
 #: Distances (mm) from the centre at which straight paths through it are sampled.
 PATH_RADII_MM = (3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
 
 
-def shape_features(volume: Volume, xyz_mm: np.ndarray) -> np.ndarray:
-    """(N, len(FEATURE_NAMES)) float32 shape measurements around N world points (scanner RAS mm)."""
+def shape_features(volume: Volume, xyz_mm: np.ndarray, working: WorkingImage | None = None) -> np.ndarray:
+    """(N, len(FEATURE_NAMES)) float32 shape and context measurements around N world points (scanner RAS
+    mm). ``working``: the scan's working image at `CONTEXT_SPACING_MM` if already made (stage 1's)."""
     xyz_mm = np.asarray(xyz_mm, dtype=float).reshape(-1, 3)
     out = np.zeros((len(xyz_mm), len(FEATURE_NAMES)), dtype=np.float32)
+    if len(xyz_mm) == 0:
+        return out
     source_sizes = voxel_sizes(volume.source.affine)
     slice_axis = int(np.argmax(source_sizes))
     normal = volume.source.affine[:3, slice_axis] / source_sizes[slice_axis]  # world direction
+    n_shape = len(FEATURE_NAMES) - len(CONTEXT_NAMES)
     for n, point in enumerate(xyz_mm):
-        out[n] = _features_at(volume, point, normal, float(source_sizes.max()),
-                              float(np.sort(source_sizes)[:2].mean()))
+        out[n, :n_shape] = _features_at(volume, point, normal, float(source_sizes.max()),
+                                        float(np.sort(source_sizes)[:2].mean()))
+    if working is None or not np.allclose(working.spacing_mm, CONTEXT_SPACING_MM):
+        working = prepare_working_image(volume, CONTEXT_SPACING_MM)
+    out[:, n_shape:] = context_features(working, xyz_mm)
     return out
 
 
 def _features_at(volume: Volume, point_mm: np.ndarray, normal: np.ndarray, slice_mm: float,
                  inplane_mm: float) -> np.ndarray:
-    cube = _world_cube(volume, point_mm)
-    if not np.isfinite(cube).any():  # the point lies outside the scan
-        return np.zeros(len(FEATURE_NAMES), dtype=np.float32)
-    smooth = ndimage.gaussian_filter(np.nan_to_num(cube, nan=np.nanmedian(cube)), 0.75 / STEP_MM)
+    first = _measure(volume, point_mm, normal, zoom=1.0, refine=True)
+    if first is None:  # the point lies outside the scan, or in no tissue
+        return np.zeros(len(FEATURE_NAMES) - len(CONTEXT_NAMES), dtype=np.float32)
+    values, centre_mm, minor_radius_mm = first
+    zoom = float(np.clip(minor_radius_mm / ZOOM_RADIUS_MM, 1.0, MAX_ZOOM))
+    if zoom > 1.0 and _looks_like_a_large_focus(values):  # measure it again in a cube scaled to its size
+        second = _measure(volume, centre_mm, normal, zoom=zoom, refine=False)
+        if second is not None:
+            values = [*second[0][:2], values[2], *second[0][3:]]  # the offset is the first pass's
+    # The zoom factor is not among the measurements: it would tell the model the focus's size, which a
+    # large microbleed shares with the mimics (veins, calcifications, iron) it is zoomed to be told from.
+    values = [*values, slice_mm, inplane_mm]
+    return np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _looks_like_a_large_focus(values: list[float]) -> bool:
+    """At the usual size: deep, compact and inside the cube (see `ZOOM_MIN_DEPTH`)."""
+    named = dict(zip(FEATURE_NAMES, values))
+    return (named["depth"] >= ZOOM_MIN_DEPTH and named["half_elongation"] <= ZOOM_MAX_ELONGATION
+            and named["half_reaches_edge"] == 0)
+
+
+def _measure(volume: Volume, point_mm: np.ndarray, normal: np.ndarray, *, zoom: float,
+             refine: bool) -> tuple[list[float], np.ndarray, float] | None:
+    """(measurements up to the acquisition's voxel size, the centre used (mm), radius (mm) of the dark
+    region across its thinnest axis) in a cube of ``zoom`` times the usual size (lengths in the cube's
+    units: mm / zoom); None outside the scan."""
+    cube = _world_cube(volume, point_mm, zoom)
+    if not np.isfinite(cube).any():
+        return None
+    centre_mm = np.asarray(point_mm, dtype=float)
     radius = _radius_mm()
-    near = radius <= REFINE_MM
-    idx = np.unravel_index(np.argmin(np.where(near, smooth, np.inf)), cube.shape)
-    shift_mm = (np.array(idx) - cube.shape[0] // 2) * STEP_MM
-    centre_mm = point_mm + shift_mm
-    cube = _world_cube(volume, centre_mm)
+    if refine:
+        smooth = ndimage.gaussian_filter(np.nan_to_num(cube, nan=np.nanmedian(cube)), 0.75 / STEP_MM)
+        idx = np.unravel_index(np.argmin(np.where(radius <= REFINE_MM, smooth, np.inf)), cube.shape)
+        centre_mm = centre_mm + (np.array(idx) - cube.shape[0] // 2) * STEP_MM * zoom
+        cube = _world_cube(volume, centre_mm, zoom)
     shell = (radius >= SHELL_MM[0]) & (radius <= SHELL_MM[1]) & np.isfinite(cube) & (cube > 0)
     level = float(np.median(cube[shell])) if shell.sum() > 20 else float(np.nanmedian(cube))
     if not np.isfinite(level) or level <= 0:
-        return np.zeros(len(FEATURE_NAMES), dtype=np.float32)
+        return None
     relative = np.nan_to_num(cube / level - 1.0, nan=0.0)  # 0 = surrounding tissue, -1 = black
     fine = ndimage.gaussian_filter(relative, 0.5 / STEP_MM)
     centre = tuple(s // 2 for s in relative.shape)
@@ -95,16 +149,18 @@ def _features_at(volume: Volume, point_mm: np.ndarray, normal: np.ndarray, slice
         regions += _region_measurements(fine, depth * fraction, normal)
     spots = _dark_spots(fine, depth * 0.5)
     paths = _straight_paths(fine, depth, normal)
-    values = [depth, cnr, float(np.linalg.norm(shift_mm)), *per_scale, *regions, spots, *paths, slice_mm, inplane_mm]
-    return np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    offset_mm = float(np.linalg.norm(centre_mm - point_mm))
+    # a uniform ball of radius R has a standard deviation of R / sqrt(5) along every axis
+    minor_radius_mm = float(np.sqrt(5.0) * regions[_REGION.index("axis3_mm")] * zoom)
+    return [depth, cnr, offset_mm, *per_scale, *regions, spots, *paths], centre_mm, minor_radius_mm
 
 
-def _world_cube(volume: Volume, centre_mm: np.ndarray) -> np.ndarray:
-    """(M, M, M) float32 of the scan on a world-aligned (RAS) grid of ``STEP_MM`` around a point; NaN
-    outside the scan."""
+def _world_cube(volume: Volume, centre_mm: np.ndarray, zoom: float = 1.0) -> np.ndarray:
+    """(M, M, M) float32 of the scan on a world-aligned (RAS) grid of ``STEP_MM * zoom`` around a point;
+    NaN outside the scan."""
     to_voxel = np.linalg.inv(volume.affine)
     centre_ijk = to_voxel[:3, :3] @ centre_mm + to_voxel[:3, 3]
-    ijk = centre_ijk[:, None] + to_voxel[:3, :3] @ _grid_mm()  # (3, M^3) canonical voxel coordinates
+    ijk = centre_ijk[:, None] + to_voxel[:3, :3] @ (_grid_mm() * zoom)  # (3, M^3) canonical voxel coordinates
     values = ndimage.map_coordinates(volume.data, ijk, order=1, mode="constant", cval=np.nan)
     return values.reshape((len(_offsets()),) * 3).astype(np.float32)
 

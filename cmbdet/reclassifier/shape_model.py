@@ -71,7 +71,12 @@ class ShapeModel:
                    tree_start=np.asarray(arrays["shape.tree_start"]).astype(np.int64), **fields)
 
 
-def fit_shape_model(features: np.ndarray, is_cmb: np.ndarray, *, seed: int = 0, max_iter: int = 300,
+#: Boosting rounds (trees) of the shape model: 600 since session 22 (300 before), chosen on the validation
+#: families delta + epsilon with the context measurements (README "Session 22").
+MAX_TREES = 600
+
+
+def fit_shape_model(features: np.ndarray, is_cmb: np.ndarray, *, seed: int = 0, max_iter: int = MAX_TREES,
                     learning_rate: float = 0.05, max_leaf_nodes: int = 15, min_samples_leaf: int = 40) -> ShapeModel:
     """Fit the boosted trees on (N, n_features) shape features and (N,) labels (True = microbleed)."""
     from sklearn.ensemble import HistGradientBoostingClassifier

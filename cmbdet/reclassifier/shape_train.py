@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from cmbdet.evaluate import match_detections
-from cmbdet.reclassifier.shape import shape_features
-from cmbdet.reclassifier.shape_model import ShapeModel, fit_shape_model
+from cmbdet.preprocess import prepare_working_image
+from cmbdet.reclassifier.shape import CONTEXT_SPACING_MM, shape_features
+from cmbdet.reclassifier.shape_model import MAX_TREES, ShapeModel, fit_shape_model
 from cmbdet.training_data import LabelledScan
 from cmbdet.volume import Volume
 
@@ -52,9 +53,10 @@ def shape_samples(scan: LabelledScan, volume: Volume, candidate_xyz_mm: np.ndarr
         clear &= np.linalg.norm(candidate_xyz_mm[:, None] - scan.cmb_xyz_mm[None], axis=-1).min(1) > 6.0
     rows = [{"subject": scan.subject, "x_mm": float(p[0]), "y_mm": float(p[1]), "z_mm": float(p[2]),
              "score": float(s)} for p, s in zip(candidate_xyz_mm, stage1, strict=True)]
-    return ShapeSamples(scan.subject, rows, shape_features(volume, candidate_xyz_mm), matched >= 0, clear,
-                        shape_features(volume, scan.cmb_xyz_mm), scan.truth_records(),
-                        shape_features(volume, known_mimics(scan)))
+    working = prepare_working_image(volume, CONTEXT_SPACING_MM)
+    return ShapeSamples(scan.subject, rows, shape_features(volume, candidate_xyz_mm, working), matched >= 0, clear,
+                        shape_features(volume, scan.cmb_xyz_mm, working), scan.truth_records(),
+                        shape_features(volume, known_mimics(scan), working))
 
 
 def known_mimics(scan: LabelledScan, limit: int = MAX_MIMICS) -> np.ndarray:
@@ -65,14 +67,14 @@ def known_mimics(scan: LabelledScan, limit: int = MAX_MIMICS) -> np.ndarray:
     return mimics[:limit]
 
 
-def train_shape_model(samples: Sequence[ShapeSamples], *, seed: int = 0) -> ShapeModel:
+def train_shape_model(samples: Sequence[ShapeSamples], *, seed: int = 0, max_trees: int = MAX_TREES) -> ShapeModel:
     """Fit the shape model on training scans' candidates (microbleed vs clear mimic) and microbleed centres."""
     features, labels = [], []
     for s in samples:
         keep = s.is_cmb | s.clear_mimic
         features += [s.candidate_features[keep], s.truth_features, s.mimic_features]
         labels += [s.is_cmb[keep], np.ones(len(s.truth_features), bool), np.zeros(len(s.mimic_features), bool)]
-    return fit_shape_model(np.concatenate(features), np.concatenate(labels), seed=seed)
+    return fit_shape_model(np.concatenate(features), np.concatenate(labels), seed=seed, max_iter=max_trees)
 
 
 def choose_stage2_point(val: Sequence[ShapeSamples], yolo: Sequence[np.ndarray], shape: ShapeModel, *,
