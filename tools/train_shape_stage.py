@@ -61,8 +61,9 @@ def _samples(scan, proposer, reclassifier, count: int, cache: Path, want_yolo: b
                                stored["truth"], scan.truth_records(), stored["mimic"])
         return samples, stored.get("yolo")
     volume = load_volume(scan.image_path)
-    found = propose_candidates(volume, proposer, max_candidates=count)
-    samples = shape_samples(scan, volume, found.xyz_mm, found.score)
+    working = prepare_working_image(volume, proposer.spacing_mm)  # stage 1's, and the context measurements'
+    found = propose_candidates(working, proposer, max_candidates=count)
+    samples = shape_samples(scan, volume, found.xyz_mm, found.score, working)
     arrays = {"cand": samples.candidate_features, "truth": samples.truth_features, "stage1": found.score,
               "hit": np.where(samples.is_cmb, 0, -1), "clear": samples.clear_mimic, "xyz": found.xyz_mm,
               "mimic": samples.mimic_features, "feature_names": np.array(FEATURE_NAMES)}

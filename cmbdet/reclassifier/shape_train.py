@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cmbdet.evaluate import match_detections
-from cmbdet.preprocess import prepare_working_image
+from cmbdet.preprocess import WorkingImage, prepare_working_image
 from cmbdet.reclassifier.shape import CONTEXT_SPACING_MM, shape_features
 from cmbdet.reclassifier.shape_model import MAX_TREES, ShapeModel, fit_shape_model
 from cmbdet.training_data import LabelledScan
@@ -45,15 +45,17 @@ class ShapeSamples:
 
 
 def shape_samples(scan: LabelledScan, volume: Volume, candidate_xyz_mm: np.ndarray,
-                  stage1: np.ndarray) -> ShapeSamples:
-    """Label a scan's stage-1 candidates (scanner RAS mm, ordered by ``stage1``) and measure them."""
+                  stage1: np.ndarray, working: WorkingImage | None = None) -> ShapeSamples:
+    """Label a scan's stage-1 candidates (scanner RAS mm, ordered by ``stage1``) and measure them.
+    ``working``: the scan's working image at `CONTEXT_SPACING_MM` if already made (stage 1's)."""
     matched = match_detections(scan.cmb_xyz_mm, scan.cmb_diameter_mm, candidate_xyz_mm, stage1)
     clear = matched < 0
     if len(scan.cmb_xyz_mm) and len(candidate_xyz_mm):
         clear &= np.linalg.norm(candidate_xyz_mm[:, None] - scan.cmb_xyz_mm[None], axis=-1).min(1) > 6.0
     rows = [{"subject": scan.subject, "x_mm": float(p[0]), "y_mm": float(p[1]), "z_mm": float(p[2]),
              "score": float(s)} for p, s in zip(candidate_xyz_mm, stage1, strict=True)]
-    working = prepare_working_image(volume, CONTEXT_SPACING_MM)
+    if working is None:
+        working = prepare_working_image(volume, CONTEXT_SPACING_MM)
     return ShapeSamples(scan.subject, rows, shape_features(volume, candidate_xyz_mm, working), matched >= 0, clear,
                         shape_features(volume, scan.cmb_xyz_mm, working), scan.truth_records(),
                         shape_features(volume, known_mimics(scan), working))
