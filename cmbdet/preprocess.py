@@ -28,11 +28,14 @@ class WorkingImage:
 
     ``image``: (I, J, K) float32, RAS-canonical, brain tissue ~1.0 (bias-corrected), 0 outside the head.
     ``mask``: (I, J, K) bool brain mask. ``affine``: (4, 4) working voxel -> scanner RAS mm.
+    ``prepared_at_mm``: the spacing `prepare_working_image` was asked for (None if made otherwise); the
+    grid's own spacing is only about that (`resample_to_spacing` keeps the corner voxel centres).
     """
 
     image: np.ndarray
     mask: np.ndarray
     affine: np.ndarray
+    prepared_at_mm: float | None = None
 
     @property
     def spacing_mm(self) -> np.ndarray:
@@ -134,7 +137,8 @@ def prepare_working_image(volume: Volume, spacing_mm: float) -> WorkingImage:
     coarse_spacing = np.sqrt((coarse_affine[:3, :3] ** 2).sum(axis=0))
     coarse_mask = brain_mask(coarse, coarse_spacing)
     mask = _carry_mask(coarse_mask, image.shape)  # both grids keep the corner voxel centres
-    return WorkingImage(image=normalize_intensity(image, mask, spacing), mask=mask, affine=affine)
+    return WorkingImage(image=normalize_intensity(image, mask, spacing), mask=mask, affine=affine,
+                        prepared_at_mm=float(spacing_mm))
 
 
 # --- helpers ------------------------------------------------------------------------------------

@@ -202,3 +202,22 @@ def test_validation_chooses_the_shape_share_and_candidate_count_that_score_best(
     assert best["shape_weight"] >= 0.5 and best["max_candidates"] == 40
     yolo_alone = max(r["f1"] for r in rows if r["shape_weight"] == 0.0)
     assert best["f1"] > yolo_alone + 0.2
+
+
+def test_stage_ones_working_image_is_reused_not_made_again(monkeypatch):
+    """The working grid is only about 1 mm (corner voxel centres kept); stage 1's image must still be taken
+    for the context measurements, not remade (the same image, ~0.8 s per scan)."""
+    import cmbdet.reclassifier.shape as shape_module
+    from cmbdet.preprocess import prepare_working_image
+
+    volume = _scene(AFFINE)
+    points = [[10.4, -20.3, 5.5], [-5, -20, 5]]
+    working = prepare_working_image(volume, shape_module.CONTEXT_SPACING_MM)
+    assert not np.allclose(working.spacing_mm, shape_module.CONTEXT_SPACING_MM)  # the case that matters
+    made = []
+    monkeypatch.setattr(shape_module, "prepare_working_image",
+                        lambda *args, **kwargs: made.append(1) or prepare_working_image(*args, **kwargs))
+    reused = shape_features(volume, points, working)
+    assert made == []
+    np.testing.assert_array_equal(reused, shape_features(volume, points))
+    assert made == [1]

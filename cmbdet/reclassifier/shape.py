@@ -79,7 +79,7 @@ def shape_features(volume: Volume, xyz_mm: np.ndarray, working: WorkingImage | N
     for n, point in enumerate(xyz_mm):
         out[n, :n_shape] = _features_at(volume, point, normal, float(source_sizes.max()),
                                         float(np.sort(source_sizes)[:2].mean()))
-    if working is None or not np.allclose(working.spacing_mm, CONTEXT_SPACING_MM):
+    if working is None or working.prepared_at_mm != CONTEXT_SPACING_MM:
         working = prepare_working_image(volume, CONTEXT_SPACING_MM)
     out[:, n_shape:] = context_features(working, xyz_mm)
     return out
