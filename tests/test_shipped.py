@@ -22,7 +22,7 @@ def test_shipped_detector_finds_the_sample_microbleeds(tmp_path, capsys):
                  str(out / "detections.csv"), "--json"]) == 0
     pooled = json.loads(capsys.readouterr().out)["pooled"]
     # 6 CMBs in the sample: session 16's weights found 5, session 22's find 4 with no false one (its 10 mm and
-    # 6.5 mm microbleeds score 0.44 and 0.47, just under the threshold; README "Session 22")
+    # 6.5 mm microbleeds score 0.44 and 0.47, just under the threshold; weights/DETECTOR_HISTORY.md "Session 22")
     assert pooled["tp"] >= 4 and pooled["fp"] <= 1, pooled
     run = json.loads((out / "run.json").read_text())
     assert run["stage2"] is True and run["threshold"] > 0

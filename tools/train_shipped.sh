@@ -89,11 +89,11 @@ python tools/choose_stage1_threshold.py --proposer "$DATA/s16/proposer_B.safeten
     -o weights/proposer.safetensors
 cp "$DATA/s16/reclassifier_B.safetensors" weights/reclassifier.safetensors
 
-# Session 17 (measured on delta, not shipped: README "Session 17"): stage 2 retrained with the randomized family's
+# Session 17 (measured on delta, not shipped: weights/DETECTOR_HISTORY.md "Session 17"): stage 2 retrained with the randomized family's
 # revision 3 (ingredient cmb_size) -- bash tools/try_yolo_beta.sh "$DATA"
 
 # --- Version 5 (session 22, shipped): the shape model refit with context measurements, a narrow size-scaled
 # measurement of large foci and 600 trees, on 280 training scans; settings and point chosen on delta + epsilon
-# (README "Session 22"). Stage 1 and the YOLO classifier stay version 4's. The script ends with the gamma run.
+# (weights/DETECTOR_HISTORY.md "Session 22"). Stage 1 and the YOLO classifier stay version 4's. The script ends with the gamma run.
 bash tools/try_context_shape.sh "$DATA"
 cp "$DATA/s22/reclassifier.safetensors" weights/reclassifier.safetensors

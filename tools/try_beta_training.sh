@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 16, tried (README "Session 16"): does stage 2 / stage 1 carry over better to an unseen family when an
+# Session 16, tried (weights/DETECTOR_HISTORY.md "Session 16"): does stage 2 / stage 1 carry over better to an unseen family when an
 # independent simulator (beta) joins the training families? The new family `delta` (cmbdet/phantom/delta/,
 # written and committed before any model was scored on it) is the validation family here; beta's 60 scans
 # (seeds 7101, 7102, 7103) are training data. Rule written before training: ship a candidate if its F1 on

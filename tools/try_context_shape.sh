@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 22 (README "Session 22"): stage 2's shape model gets
+# Session 22 (weights/DETECTOR_HISTORY.md "Session 22"): stage 2's shape model gets
 #  - context measurements (cmbdet/reclassifier/context.py): on stage 1's bias-divided working image, for a
 #    near (5-9.5 mm) and a wide (10-20 mm) shell around the candidate, the median brain level, the share of
 #    CSF-bright (> 1.3) and of dark (< 0.5) brain voxels and the share of the shell inside the brain mask. Why:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 19 (README "Session 19"): stage 2 judged on both validation families together (delta + epsilon,
+# Session 19 (weights/DETECTOR_HISTORY.md "Session 19"): stage 2 judged on both validation families together (delta + epsilon,
 # 60 scans), and what the `randomized` family's revision-4 ingredient `dipole_bloom` buys. Rule written
 # before any variant was scored on the pooled scans: a change ships if its pooled F1, at its own point chosen
 # there, is >= 0.02 above the shipped weights at their shipped point (0.810) and neither family's F1 falls

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 12, tried and NOT shipped (README "Session 12"): stage 1 fine-tuned from the shipped weights
+# Session 12, tried and NOT shipped (weights/DETECTOR_HISTORY.md "Session 12"): stage 1 fine-tuned from the shipped weights
 # with hard-negative mining (a quarter of each batch centred where the shipped stage 1 fires wrongly on
 # its own training scans), otherwise exactly session 9's r6 (tools/try_rev2_retrain.sh): same 140
 # training scans, 2000 steps, lr 1e-3, batch 8. Ship rule written before training: validation F1

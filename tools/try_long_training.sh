@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 13, a trial (README "Session 13"): is stage 1's weakness that it is under-trained? Stage 1
+# Session 13, a trial (weights/DETECTOR_HISTORY.md "Session 13"): is stage 1's weakness that it is under-trained? Stage 1
 # fine-tuned further from session 12's hard-negative variant (tools/try_hard_negatives.sh), hard
 # negatives mined again with that variant, on the same 140 training scans: 3500 steps, lr 1e-3, batch
 # 8, seed 13 (2000 + 3500 steps beyond the shipped weights). Ship rule written before training, the

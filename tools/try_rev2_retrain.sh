@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 9, tried and NOT shipped (README "Session 9"): stage 1 fine-tuned from the shipped weights with
+# Session 9, tried and NOT shipped (weights/DETECTOR_HISTORY.md "Session 9"): stage 1 fine-tuned from the shipped weights with
 # the 2-6 mm thick-slice augmentation on randomized revision 2, three stage-2 variants chosen on the
 # validation family beta, then the best one checked against the shipped weights on 30 fresh beta scans.
 # Ship rule written before training: validation F1 >= 0.557 with <= 1.0 FP/subject; best variant 0.543;

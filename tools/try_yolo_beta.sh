@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 17, tried (README "Session 17"; result: Z 0.826 on delta, below the bar: not shipped, gamma not run):
+# Session 17, tried (weights/DETECTOR_HISTORY.md "Session 17"; result: Z 0.826 on delta, below the bar: not shipped, gamma not run):
 # stage 2 retrained with beta among its training families and with microbleeds sized over the whole 2-10 mm
 # range. On delta, version 4's stage 2 dropped 5 of the 14 microbleeds of 6-10 mm that stage 1
 # had found (shape-model probability 0.01-0.06), and only 2-5 % of the training scans' microbleeds are over 6 mm

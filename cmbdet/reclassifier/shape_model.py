@@ -72,7 +72,7 @@ class ShapeModel:
 
 
 #: Boosting rounds (trees) of the shape model: 600 since session 22 (300 before), chosen on the validation
-#: families delta + epsilon with the context measurements (README "Session 22").
+#: families delta + epsilon with the context measurements (weights/DETECTOR_HISTORY.md "Session 22").
 MAX_TREES = 600
 
 
