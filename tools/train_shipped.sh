@@ -4,8 +4,9 @@
 #
 # Roles of the phantom families (cmbdet/phantom/families.py):
 #   training   : classic (the original generator), randomized (domain randomization) and, since session 16, beta
-#   validation : delta since session 16 (beta before: versions 1-3 below were chosen on beta) -- every model
-#                choice, stage-2 layout and operating point is made here
+#   validation : delta since session 16 (beta before: versions 1-3 below were chosen on beta), epsilon since
+#                session 18, two draws of each since session 24 -- every model choice, stage-2 layout and
+#                operating point is made here
 #   test       : gamma -- never used here; tools/bench_detect.py measures the shipped weights on it
 #
 # Usage: bash tools/train_shipped.sh [DATA_DIR]   (DATA_DIR: where the phantoms go)
@@ -97,3 +98,9 @@ cp "$DATA/s16/reclassifier_B.safetensors" weights/reclassifier.safetensors
 # (weights/DETECTOR_HISTORY.md "Session 22"). Stage 1 and the YOLO classifier stay version 4's. The script ends with the gamma run.
 bash tools/try_context_shape.sh "$DATA"
 cp "$DATA/s22/reclassifier.safetensors" weights/reclassifier.safetensors
+
+# --- Version 6 (session 24, shipped): session 22's shape-model recipe refit on 440 training scans (160 more
+# randomized revision-4 scans, seeds 108-111), point chosen on all four validation sets (delta 8101/8102,
+# epsilon 8201/8202; weights/DETECTOR_HISTORY.md "Session 24"). The script ends with the gamma run.
+bash tools/try_more_training_scans.sh "$DATA"
+cp "$DATA/s24/reclassifier.safetensors" weights/reclassifier.safetensors
