@@ -204,6 +204,12 @@ def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith((".nii", ".nii.gz"))
 
 
+def _file_or_dangling_link(path: Path) -> bool:
+    """A regular file, or a link to nothing: kept among a folder's scans so that the run reports it as that
+    subject's error instead of leaving it out unseen."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def _is_bids_root(folder: Path) -> bool:
     return (folder / "dataset_description.json").is_file() or any(
         p.is_dir() and p.name.startswith("sub-") for p in folder.iterdir())
@@ -248,7 +254,7 @@ def _discover_folder(folder: Path, excluded: Sequence[Path]) -> tuple[list[Path]
     outputs = _earlier_outputs(folder)
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder).parts
-        if not path.is_file() or not _is_nifti(path) or any(p.startswith(".") for p in relative):
+        if not _file_or_dangling_link(path) or not _is_nifti(path) or any(p.startswith(".") for p in relative):
             continue
         if _under(path, excluded):
             continue
@@ -276,7 +282,7 @@ def _discover_bids(root: Path, excluded: Sequence[Path]) -> tuple[list[Path], li
     outputs = _earlier_outputs(root)
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root).parts
-        if not path.is_file() or not _is_nifti(path) or any(p.startswith(".") for p in relative):
+        if not _file_or_dangling_link(path) or not _is_nifti(path) or any(p.startswith(".") for p in relative):
             continue
         if _under(path, excluded):
             continue
@@ -486,7 +492,7 @@ def run_batch(
     if use_ray and importlib.util.find_spec("ray") is None:  # before OUTDIR exists: nothing half-made
         raise InputError(None, RAY_MISSING)
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    _writable_output_folder(outdir)
     with _outdir_lock(outdir):
         cleaned = remove_stale_temp_files(outdir)
         settings = job.settings()
@@ -587,6 +593,23 @@ def _remove_subject_files(outdir: Path, records: Sequence[SubjectRecord], job_na
         record_path(outdir, record.subject, job_name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             (outdir / record.subject).rmdir()
+
+
+def _writable_output_folder(outdir: Path) -> None:
+    """Make OUTDIR and check that files can be written into it, before any work: a file in its place or a
+    folder that cannot be written to is one `InputError` naming it, not an error on every subject later."""
+    import tempfile
+
+    from cmbdet.atomic import TEMP_MARKER
+
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(outdir, "is a file, not a folder: give -o a folder (it is made if missing)")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=outdir, prefix=f".probe{TEMP_MARKER}"):
+            pass
+    except OSError as err:
+        raise InputError(outdir, f"cannot write into this output folder ({err.strerror or err})") from None
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cmbdet import __version__
 from cmbdet.errors import InputError
+from cmbdet.weights import check_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = warnings.showwarning
     warnings.showwarning = _one_line_warning
     try:
+        check_device(getattr(args, "device", None))
         return int(args.run(args) or 0)
     except InputError as err:
         if args.debug:
@@ -320,7 +322,7 @@ def _detect(args) -> int:
     if not args.quiet:
         stages = "stage 1 + stage 2" if settings["stage2"] else "stage 1 only"
         print(f"cmbdet {__version__}: {len(found.subjects)} subject(s), {stages}, threshold "
-              f"{settings['threshold']:.2f}, {_where(args)}", file=sys.stderr)
+              f"{settings['threshold']:g}, {_where(args)}", file=sys.stderr)
 
     def describe(record) -> str:
         if record.status != "ok":

@@ -20,7 +20,10 @@ from cmbdet.views import sample_views
 from cmbdet.volume import Volume, write_like_source
 
 REGIONS = ("lobar", "deep", "infratentorial", "unknown")
-DETECTION_COLUMNS = ("subject", "x_mm", "y_mm", "z_mm", "i", "j", "k", "score", "diameter_mm", "region")
+#: ``detections.csv`` (and ``_candidates.csv``): the same columns with or without detections and stage 2;
+#: a stage score a run did not compute (``--no-reclassify``, weights without a shape model) is left empty.
+DETECTION_COLUMNS = ("subject", "x_mm", "y_mm", "z_mm", "i", "j", "k", "score", "diameter_mm", "region",
+                     "stage1_score", "stage2_score", "yolo_score", "shape_score")
 COUNT_COLUMNS = ("subject", "n_cmb", *(f"n_{r}" for r in REGIONS), "status", "message", "input")
 
 

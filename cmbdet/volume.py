@@ -109,6 +109,15 @@ class Volume:
         return replace(self, data=data)
 
 
+def image_values(image: nib.Nifti1Image) -> np.ndarray:
+    """An image's voxel values as float32 (scaling applied); a complex-valued image — magnitude and phase in
+    one file — gives its magnitude."""
+    data = np.asarray(image.dataobj)
+    if np.iscomplexobj(data):
+        data = np.abs(data)
+    return data.astype(np.float32, copy=False)
+
+
 def volume_from_image(
     image: nib.Nifti1Image,
     path: str | Path | None = None,
@@ -121,10 +130,12 @@ def volume_from_image(
     notes: list[str] = []
     affine = _checked_affine(image, name, notes)
     try:
-        data = np.asarray(image.dataobj, dtype=np.float32)
+        data = image_values(image)
     except Exception as err:  # truncated gzip, short file, bad scaling: all "cannot read"
         raise InputError(name, f"could not read the image data ({type(err).__name__}: {err}); "
                                "the file may be truncated or corrupt") from None
+    if np.issubdtype(image.get_data_dtype(), np.complexfloating):
+        notes.append("complex-valued image: its magnitude is used")
     data = _checked_dimensions(data, name)
     data = _repair_non_finite(data, name, notes)
     _check_magnitude(data, name)
@@ -224,7 +235,7 @@ def _load_echo_files(paths: list[Path], echo: str | int) -> Volume:
         if len(image.shape) > 3 and any(s > 1 for s in image.shape[3:]):
             raise InputError(p, f"echo file is {len(image.shape)}-D (shape {image.shape}); one 3-D echo per file")
     try:
-        stacked = np.stack([np.asarray(im.dataobj, dtype=np.float32).reshape(im.shape[:3]) for im in images], 3)
+        stacked = np.stack([image_values(im).reshape(im.shape[:3]) for im in images], 3)
     except Exception as err:
         raise InputError(paths[0], f"could not read the echo files ({type(err).__name__}: {err})") from None
     echo_times = [t[0] for t in times] if all(t is not None and len(t) == 1 for t in times) else None

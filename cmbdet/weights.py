@@ -71,6 +71,23 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def check_device(device: str | None) -> None:
+    """Refuse, before any work, a ``--device`` torch cannot use on this machine (a malformed name, or CUDA
+    where there is none) with an `InputError`; a bare index (``0``, as ultralytics takes it) is a CUDA device."""
+    if not device:
+        return
+    import torch
+
+    try:
+        chosen = torch.device(int(device) if str(device).isdigit() else device)
+    except (RuntimeError, ValueError) as err:
+        raise InputError(None, f"--device {device}: not a device torch knows ({err})") from None
+    if chosen.type == "cuda" and (not torch.cuda.is_available()
+                                  or (chosen.index or 0) >= torch.cuda.device_count()):
+        raise InputError(None, f"--device {device}: no such CUDA device on this machine "
+                               f"({torch.cuda.device_count()} found); leave --device out to run on the CPU")
+
+
 def read_metadata(path: str | Path) -> dict:
     """The metadata saved by `save_state`, read from the safetensors header alone (no tensors, no torch):
     8 bytes little-endian header length, then a JSON header whose ``__metadata__`` holds it."""

@@ -92,6 +92,42 @@ def test_one_bad_subject_never_stops_the_batch(scan_dir, random_weights, tmp_pat
     assert not list(out.glob("**/.*")), "no temp files left behind"
 
 
+def test_a_broken_link_in_a_folder_is_reported_and_the_tables_keep_their_columns(scan_dir, random_weights, tmp_path):
+    """A scan found in a folder that cannot be read (a link to nothing) is that subject's error, not left out
+    unseen; with no detection at all, detections.csv and the candidates table have their usual columns."""
+    from cmbdet.outputs import DETECTION_COLUMNS
+
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    (folder / "good.nii.gz").write_bytes((scan_dir / "sub-02_T2starw.nii.gz").read_bytes())
+    (folder / "gone.nii.gz").symlink_to(tmp_path / "nowhere.nii.gz")
+    out = tmp_path / "out"
+    code = main(["detect", str(folder), "-o", str(out), "--weights", str(random_weights), "--no-pictures",
+                 "--threshold", "1"])
+    assert code == 1
+    counts = {r["subject"]: r for r in _rows(out / "counts.csv")}
+    assert counts["good"]["status"] == "ok" and counts["good"]["n_cmb"] == "0"
+    assert counts["gone"]["status"] == "error" and "gone.nii.gz" in counts["gone"]["message"]
+    for table in (out / "detections.csv", out / "good" / "good_candidates.csv"):
+        with open(table, newline="") as handle:
+            assert tuple(next(csv.reader(handle))) == DETECTION_COLUMNS, table
+
+
+def test_an_unusable_output_folder_or_device_is_refused_before_any_work(scan_dir, random_weights, tmp_path, capsys):
+    import torch
+
+    scan = str(scan_dir / "sub-02_T2starw.nii.gz")
+    (tmp_path / "afile").write_text("")
+    assert main(["detect", scan, "-o", str(tmp_path / "afile"), "--weights", str(random_weights)]) == 2
+    assert "afile: is a file, not a folder" in capsys.readouterr().err
+    assert main(["detect", scan, "-o", str(tmp_path / "o"), "--device", "banana"]) == 2
+    assert "--device banana" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["detect", scan, "-o", str(tmp_path / "o"), "--device", "cuda"]) == 2
+        assert "no such CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_input_is_one_line_without_traceback_unless_debug(tmp_path, random_weights):
     text = tmp_path / "notes.nii"
     text.write_text("not an image")

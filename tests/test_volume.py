@@ -195,6 +195,17 @@ def test_nan_voxels_are_repaired_with_a_warning(tmp_path):
     assert any("NaN" in note and "filled" in note for note in volume.notes)
 
 
+def test_a_complex_image_gives_its_magnitude_and_says_so(tmp_path):
+    """Magnitude and phase in one complex file: the magnitude is the scan (its real part alone would look
+    like a phase image, and a phase wrap would carve dark spots)."""
+    magnitude = _image()
+    phase = np.linspace(-3.0, 3.0, magnitude.size).reshape(magnitude.shape)
+    path = _save(tmp_path, (magnitude * np.exp(1j * phase)).astype(np.complex64), np.eye(4))
+    volume = load_volume(path)
+    np.testing.assert_allclose(volume.data, magnitude, rtol=1e-5)
+    assert any("complex-valued" in note for note in volume.notes)
+
+
 def test_nan_background_of_a_masked_brain_is_background(tmp_path):
     # masking pipelines write NaN outside the brain: most of the field of view, all connected to its edge
     data = np.full((30, 30, 30), np.nan, np.float32)
