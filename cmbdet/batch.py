@@ -204,7 +204,7 @@ def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith((".nii", ".nii.gz"))
 
 
-def _file_or_dangling_link(path: Path) -> bool:
+def file_or_dangling_link(path: Path) -> bool:
     """A regular file, or a link to nothing: kept among a folder's scans so that the run reports it as that
     subject's error instead of leaving it out unseen."""
     return path.is_file() or (path.is_symlink() and not path.exists())
@@ -254,7 +254,7 @@ def _discover_folder(folder: Path, excluded: Sequence[Path]) -> tuple[list[Path]
     outputs = _earlier_outputs(folder)
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder).parts
-        if not _file_or_dangling_link(path) or not _is_nifti(path) or any(p.startswith(".") for p in relative):
+        if not file_or_dangling_link(path) or not _is_nifti(path) or any(p.startswith(".") for p in relative):
             continue
         if _under(path, excluded):
             continue
@@ -282,7 +282,7 @@ def _discover_bids(root: Path, excluded: Sequence[Path]) -> tuple[list[Path], li
     outputs = _earlier_outputs(root)
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root).parts
-        if not _file_or_dangling_link(path) or not _is_nifti(path) or any(p.startswith(".") for p in relative):
+        if not file_or_dangling_link(path) or not _is_nifti(path) or any(p.startswith(".") for p in relative):
             continue
         if _under(path, excluded):
             continue

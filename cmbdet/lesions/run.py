@@ -73,6 +73,7 @@ def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto", *,
         _is_nifti,
         _read_list,
         _under,
+        file_or_dangling_link,
     )
     from cmbdet.lesions.ct import guess_modality
     from cmbdet.lesions.mri import entities, group_mri_files, sequence_of
@@ -89,7 +90,7 @@ def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto", *,
             outputs, bids_root = _earlier_outputs(path), _is_bids_root(path)
             found = []
             for p in sorted(path.rglob("*")):
-                if not p.is_file() or not _is_nifti(p) or p.name.startswith(".") or _under(p, excluded):
+                if not file_or_dangling_link(p) or not _is_nifti(p) or p.name.startswith(".") or _under(p, excluded):
                     continue
                 top = p.relative_to(path).parts[0]
                 why = (EARLIER_OUTPUT if _under(p, outputs) else f"under {top}/" if bids_root and top in BIDS_NON_RAW
