@@ -99,8 +99,5 @@ cp "$DATA/s16/reclassifier_B.safetensors" weights/reclassifier.safetensors
 bash tools/try_context_shape.sh "$DATA"
 cp "$DATA/s22/reclassifier.safetensors" weights/reclassifier.safetensors
 
-# --- Version 6 (session 24, shipped): session 22's shape-model recipe refit on 440 training scans (160 more
-# randomized revision-4 scans, seeds 108-111), point chosen on all four validation sets (delta 8101/8102,
-# epsilon 8201/8202; weights/DETECTOR_HISTORY.md "Session 24"). The script ends with the gamma run.
-bash tools/try_more_training_scans.sh "$DATA"
-cp "$DATA/s24/reclassifier.safetensors" weights/reclassifier.safetensors
+# Session 24 (measured, not shipped: weights/DETECTOR_HISTORY.md "Session 24"): the same shape model refit on 440
+# training scans met its validation rule and was worse on gamma at 95 % confidence -- bash tools/try_more_training_scans.sh "$DATA"

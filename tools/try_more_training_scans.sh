@@ -6,7 +6,9 @@
 # 8102, epsilon 8201 + 8202). Rule, written before any of these scans existed: ship iff pooled F1 on the four
 # >= 0.797 (the shipped point's 0.787 + 0.01) and neither pair falls more than 0.01 below the shipped point's
 # (8101+8201: 0.840; 8102+8202: 0.743); quick start >= 4 of 6 with no false one; insert_check 4/4 and nothing
-# else; then gamma once.
+# else; then gamma once. Outcome (weights/DETECTOR_HISTORY.md "Session 24"): the rule was met (0.800), gamma then
+# ranked the test family's microbleeds measurably worse (FROC mean 0.391 vs 0.461, paired bootstrap over subjects
+# -0.070 [-0.097, -0.031]; tools/compare_detectors_ci.py), so it was not kept.
 # Usage: bash tools/try_more_training_scans.sh [DATA_DIR]   (~1.5 hours on 2 cores from scratch, most of it measuring)
 set -euo pipefail
 cd "$(dirname "$0")/.."
