@@ -521,3 +521,22 @@ def test_unrated_dicom_folder_detect_says_convert_and_convert_points_needs_no_ra
     found = tmp_path / "found"
     assert main(["detect", str(out), "-o", str(found), "--weights", str(random_weights), "--no-pictures"]) == 0
     assert [r["status"] for r in _rows(found / "counts.csv")] == ["ok"]
+
+
+def test_points_csv_columns_are_read_in_any_case_and_unknown_coordinates_are_refused(tmp_path):
+    """`X, Y, Z` or upper-case names are the coordinates (they were ignored: every row read as clean)."""
+    from cmbdet.datasets.points import read_points
+    from cmbdet.errors import InputError
+
+    for header in ("image,x,y,z", "Image,X_MM,Y_MM,Z_MM", "path,X,Y,Z,Diameter,Status"):
+        table = tmp_path / "points.csv"
+        extra = ",3.5,possible" if "Status" in header else ""
+        table.write_text(f"{header}\na.nii.gz,28.5,-18.5,-22.0{extra}\nclean.nii.gz,,,{',,' if extra else ''}\n")
+        rated = read_points(table)
+        assert [m.xyz_mm for m in rated["a.nii.gz"].microbleeds] == [(28.5, -18.5, -22.0)], header
+        assert rated["clean.nii.gz"].microbleeds == []
+    table.write_text("image,xw,yw,zw\na.nii.gz,28.5,-18.5,-22.0\n")
+    with pytest.raises(InputError, match="coordinate columns"):
+        read_points(table)
+    table.write_text("image,status\nclean.nii.gz,\n")  # images listed as read clean: no coordinates needed
+    assert read_points(table)["clean.nii.gz"].microbleeds == []

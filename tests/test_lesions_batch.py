@@ -179,3 +179,25 @@ def test_two_inputs_with_one_subject_id_are_refused_before_any_work(tmp_path, ca
     err = capsys.readouterr().err
     assert "named as MRI sequences of one subject (FLAIR and T1w)" in err and "--modality mri" in err
     assert not (out / "counts.csv").exists()
+
+
+def test_inputs_skip_label_maps_beside_the_scans_and_read_manifests_by_column(tmp_path):
+    """A phantom set (scans with their truth _dseg beside them) runs as it is written, and a manifest CSV
+    is read by its columns (it was read as a list of paths, header included)."""
+    from cmbdet.lesions.run import plan_inputs
+
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for name in ("sub-01", "sub-02"):
+        save_ct(folder / f"{name}_ses-baseline_ct.nii.gz", tiny_ct_head(RAS, shape=(60, 70, 24)), RAS)
+        nib.save(nib.Nifti1Image(np.zeros((60, 70, 24), np.int16), RAS),
+                 folder / f"{name}_ses-baseline_desc-truth_dseg.nii.gz")
+    units = plan_inputs([folder])
+    assert sorted(u.subject for u in units) == ["sub-01_ses-baseline", "sub-02_ses-baseline"]
+    assert all(u.modality == "ct" and not u.error for u in units)
+    manifest = tmp_path / "cohort.csv"
+    second = folder / "sub-02_ses-baseline_ct.nii.gz"
+    manifest.write_text(f"subject,image,site\npatientA,set/sub-01_ses-baseline_ct.nii.gz,x\npatientB,{second},y\n")
+    units = plan_inputs([manifest])
+    assert [(u.subject, u.files["ct"].name) for u in units] == [("patientA", "sub-01_ses-baseline_ct.nii.gz"),
+                                                                ("patientB", "sub-02_ses-baseline_ct.nii.gz")]

@@ -139,7 +139,7 @@ def convert_series(series: DicomSeries, image_path: Path, extra_sidecar: dict | 
 
     dcm2niix runs on links to the series' files in a temporary folder; several echoes (dcm2niix
     writes one image per echo) of one grid are stacked along axis 4, ordered by echo time (detect
-    combines them by root-sum-of-squares). ``extra_sidecar`` keys are added to dcm2niix's JSON.
+    combines them, by default weighting later echoes). ``extra_sidecar`` keys are added to dcm2niix's JSON.
     Raises InputError (naming the series folder) when dcm2niix fails or writes no usable image.
     """
     binary = dcm2niix_binary()
@@ -183,7 +183,8 @@ def convert_series(series: DicomSeries, image_path: Path, extra_sidecar: dict | 
             sidecar = loaded[0][2]
             sidecar["EchoTime"] = [item[2].get("EchoTime") for item in loaded]
             sidecar.update(extra_sidecar or {})
-            notes.append(f"{len(loaded)} echoes stacked as 4-D (detect combines them by root-sum-of-squares)")
+            notes.append(f"{len(loaded)} echoes stacked as 4-D with their echo times in the sidecar (detect "
+                         "combines them, by default weighting later echoes: --echo auto)")
             with atomic_path(image_path) as target:
                 nib.save(merged, str(target))
     sidecar_path = sidecar_path_of(image_path)

@@ -52,9 +52,9 @@ def read_points(path: str | Path, *, lps: bool = False) -> dict[str, Rated]:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = [h.strip() for h in reader.fieldnames or []]
-            if "image" not in header:
-                raise InputError(path, f"a points CSV needs an image column (found: {', '.join(header) or 'none'})")
-            rows = [(reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if k}) for row in reader]
+            columns = _point_columns(header, path)
+            rows = [(reader.line_num, {columns[k.strip().lower()]: (v or "").strip() for k, v in row.items()
+                                       if k and k.strip().lower() in columns}) for row in reader]
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
     except (UnicodeDecodeError, csv.Error) as err:
@@ -77,6 +77,30 @@ def read_points(path: str | Path, *, lps: bool = False) -> dict[str, Rated]:
         entry.microbleeds.append(Microbleed(status=status_of(row.get("status", "")),
                                             xyz_mm=(-x, -y, z) if lps else (x, y, z), diameter_mm=diameter))
     return rated
+
+
+#: Column names of a points CSV (any case) -> the name read.
+POINT_COLUMNS = {"image": ("image", "path", "file"), "x_mm": ("x_mm", "x"), "y_mm": ("y_mm", "y"),
+                 "z_mm": ("z_mm", "z"), "diameter_mm": ("diameter_mm", "diameter"), "status": ("status",)}
+
+
+def _point_columns(header: list[str], path: Path) -> dict[str, str]:
+    """Lower-cased header name -> the name it is read as. Refuses a CSV without an image column, and one whose
+    coordinates cannot be found while it has columns nothing reads (its rows would all read as clean)."""
+    lower = [h.lower() for h in header]
+    columns = {}
+    for name, aliases in POINT_COLUMNS.items():
+        found = next((a for a in aliases if a in lower), None)
+        if found is not None:
+            columns[found] = name
+    if "image" not in columns.values():
+        raise InputError(path, f"a points CSV needs an image column (found: {', '.join(header) or 'none'})")
+    coordinates = {"x_mm", "y_mm", "z_mm"}
+    unread = [h for h in header if h and h.lower() not in columns]
+    if not coordinates <= set(columns.values()) and (coordinates & set(columns.values()) or unread):
+        raise InputError(path, f"coordinate columns x_mm, y_mm, z_mm (or x, y, z) not all found (found: "
+                               f"{', '.join(header)}); without them every row would read as a clean image")
+    return columns
 
 
 def find_images(src: Path, report: list[dict]) -> dict[str, Path | DicomSeries]:

@@ -58,9 +58,18 @@ class LesionUnit:
         return ";".join(str(p) for p in self.files.values())
 
 
+def _is_label_map(path: Path) -> bool:
+    """A segmentation stored beside the scans (BIDS ``_dseg``/``_probseg``/``_mask``, e.g. a phantom's truth or an
+    earlier run's lesion map copied next to its scan), never a scan to localize lesions in."""
+    name = path.name.lower().removesuffix(".gz").removesuffix(".nii")
+    return name.endswith(("_dseg", "_probseg", "_mask"))
+
+
 def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto", *,
                 exclude: Sequence[str | Path] = ()) -> list[LesionUnit]:
-    """Files, folders and list files -> units; ``auto`` decides CT or MRI per file from its values.
+    """Files, folders, list files and manifest CSVs (read by column name as `cmbdet detect` reads them; a
+    CT row keeps the manifest's subject id) -> units; ``auto`` decides CT or MRI per file from its values.
+    Label maps stored beside the scans (``_dseg``, ``_probseg``, ``_mask``) found in a folder are skipped.
     Files found in a folder under an ``exclude`` folder (the output folder) are never inputs, nor, as for
     `cmbdet detect`, those of an earlier cmbdet output folder, those under a BIDS root's ``derivatives/``,
     ``sourcedata/`` ..., and ``part-phase``/``real``/``imag`` images (a warning says how many)."""
@@ -72,6 +81,7 @@ def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto", *,
         _is_bids_root,
         _is_nifti,
         _read_list,
+        _read_manifest,
         _under,
         file_or_dangling_link,
     )
@@ -83,6 +93,7 @@ def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto", *,
     excluded = [Path(e).resolve() for e in exclude]
     files: list[Path] = []
     folder_of: dict[Path, Path] = {}
+    named: dict[Path, str] = {}  # a manifest's subject id of a file
     skipped: dict[str, int] = {}
     for item in inputs:
         path = Path(item)
@@ -94,7 +105,8 @@ def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto", *,
                     continue
                 top = p.relative_to(path).parts[0]
                 why = (EARLIER_OUTPUT if _under(p, outputs) else f"under {top}/" if bids_root and top in BIDS_NON_RAW
-                       else f"part-{entities(p)['part']}" if entities(p).get("part") in NOT_MAGNITUDE_PARTS else "")
+                       else f"part-{entities(p)['part']}" if entities(p).get("part") in NOT_MAGNITUDE_PARTS
+                       else "label maps (_dseg, _probseg, _mask)" if _is_label_map(p) else "")
                 if why:
                     skipped[why] = skipped.get(why, 0) + 1
                 else:
@@ -104,7 +116,11 @@ def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto", *,
             for p in found:
                 folder_of[p] = p.parent if p.parent != path or "sub-" in path.name else path
             files.extend(found)
-        elif path.is_file() and not _is_nifti(path) and path.suffix.lower() in (".txt", ".lst", ".list", ".csv"):
+        elif path.is_file() and not _is_nifti(path) and path.suffix.lower() in (".csv", ".tsv"):
+            for subject, _, file in _read_manifest(path):  # by column name, as `cmbdet detect` reads it
+                files.append(file)
+                named[file] = subject
+        elif path.is_file() and not _is_nifti(path) and path.suffix.lower() in (".txt", ".lst", ".list"):
             files.extend(_read_list(path))
         else:
             files.append(path)
@@ -117,11 +133,12 @@ def plan_inputs(inputs: Sequence[str | Path], modality: str = "auto", *,
                 chosen, why = guess_modality(path)
             except InputError as err:
                 if sequence_of(path) is None:
-                    units.append(LesionUnit(subject_from_filename(path), "", {"image": path}, error=str(err)))
+                    units.append(LesionUnit(named.get(path) or subject_from_filename(path), "", {"image": path},
+                                            error=str(err)))
                     continue
                 chosen = "mri"  # an unreadable sequence file stays with its subject, which fails naming it
         if chosen == "ct":
-            units.append(LesionUnit(subject_from_filename(path), "ct", {"ct": path},
+            units.append(LesionUnit(named.get(path) or subject_from_filename(path), "ct", {"ct": path},
                                     notes=[f"modality auto: {why}"] if why else ["modality: ct (given)"]))
         else:
             mri_files.append(path)
