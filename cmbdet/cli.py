@@ -525,7 +525,8 @@ def _classify(args) -> int:
     if args.workers < 1:
         raise InputError(None, "--workers must be at least 1")
     if args.lesions and not Path(args.lesions).is_dir():
-        raise InputError(args.lesions, "--lesions folder not found")
+        raise InputError(args.lesions, "--lesions needs the output folder of a `cmbdet lesions` run; this is a file"
+                         if Path(args.lesions).exists() else "--lesions folder not found")
     subjects = lesion_subjects(plan_inputs(args.inputs, args.modality, exclude=[args.outdir]))
     if not subjects:
         raise InputError(None, "no input scans found")
