@@ -540,3 +540,29 @@ def test_points_csv_columns_are_read_in_any_case_and_unknown_coordinates_are_ref
         read_points(table)
     table.write_text("image,status\nclean.nii.gz,\n")  # images listed as read clean: no coordinates needed
     assert read_points(table)["clean.nii.gz"].microbleeds == []
+
+
+def test_a_second_conversion_into_the_same_folder_removes_the_scans_it_no_longer_chooses(tmp_path):
+    """The tree holds exactly what the new manifest lists (a stale scan was left behind, and `cmbdet detect OUT`
+    would have run it); a file no manifest listed is never touched."""
+    import csv
+
+    from cmbdet.datasets.points import convert_points
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        nib.save(nib.Nifti1Image(rng.uniform(50, 100, (12, 12, 8)).astype(np.float32), np.eye(4)),
+                 src / f"{name}.nii.gz")
+    convert_points(src, out)
+    stale = next(out.rglob("sub-b_*.nii.gz"))
+    (out / "notes.txt").write_text("mine")
+    (src / "b.nii.gz").unlink()
+    convert_points(src, out)
+    assert not stale.exists() and not stale.parent.exists()
+    assert [p.name for p in out.rglob("*.nii.gz")] == ["sub-a_T2starw.nii.gz"]
+    assert (out / "notes.txt").read_text() == "mine"
+    with open(out / "conversion_report.csv", newline="") as handle:
+        removed = [r for r in csv.DictReader(handle) if r["status"] == "removed"]
+    assert [r["source"] for r in removed] == [stale.relative_to(out).as_posix()]

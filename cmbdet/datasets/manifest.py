@@ -86,11 +86,43 @@ class ConversionResult:
         return sum(r["status"] == status for r in self.report)
 
 
+def remove_unchosen_scans(out: Path, kept: set[str]) -> list[dict]:
+    """Remove the scans (image + JSON sidecar) that an earlier conversion into ``out`` wrote — those its
+    ``manifest.csv`` lists — and this one did not (e.g. a new ratings table chose other scans), so that the
+    tree holds exactly what the new manifest lists; one ``removed`` report row each. Files no manifest
+    listed are never touched."""
+    import csv
+
+    from cmbdet.datasets.dicom import sidecar_path_of
+
+    previous = out / "manifest.csv"
+    if not previous.is_file():
+        return []
+    with open(previous, newline="") as handle:
+        listed = [row.get("path", "") for row in csv.DictReader(handle)]
+    rows = []
+    for relative in sorted({r for r in listed if r and r not in kept}):
+        image = out / relative
+        if not image.resolve().is_relative_to(out.resolve()):
+            continue
+        for path in (image, sidecar_path_of(image)):
+            path.unlink(missing_ok=True)
+        for folder in image.parents:
+            if folder == out or not folder.is_relative_to(out) or any(folder.iterdir()):
+                break
+            folder.rmdir()
+        rows.append({"source": relative, "kind": "output", "status": "removed",
+                     "reason": "written by an earlier conversion into this folder; not chosen by this one"})
+    return rows
+
+
 def write_outputs(out: Path, manifest: list[dict], report: list[dict], truth: list[dict] | None) -> dict[str, Path]:
     """Write manifest.csv (rows sorted in place by subject, session), conversion_report.csv and, when
-    given, truth.csv; without truth, a truth.csv of an earlier conversion into ``out`` is removed (it
+    given, truth.csv (scans an earlier conversion into ``out`` wrote and this one did not choose are removed
+    first: `remove_unchosen_scans`); without truth, a truth.csv of an earlier conversion into ``out`` is removed (it
     would describe other ratings, perhaps other scans)."""
     manifest.sort(key=lambda r: (r["subject"], r["session"]))
+    report.extend(remove_unchosen_scans(out, {row["path"] for row in manifest}))
     written = {
         "manifest": write_csv_atomic(out / "manifest.csv", manifest, MANIFEST_COLUMNS),
         "report": write_csv_atomic(out / "conversion_report.csv", report, REPORT_COLUMNS),
