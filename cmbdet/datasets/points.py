@@ -40,6 +40,7 @@ from cmbdet.datasets.manifest import (
     truth_rows,
     write_outputs,
 )
+from cmbdet.datasets.ratings import header_columns
 from cmbdet.datasets.series import choose_series, modality_of
 from cmbdet.errors import InputError
 from cmbdet.training_data import subject_from_filename
@@ -53,8 +54,8 @@ def read_points(path: str | Path, *, lps: bool = False) -> dict[str, Rated]:
             reader = csv.DictReader(handle)
             header = [h.strip() for h in reader.fieldnames or []]
             columns = _point_columns(header, path)
-            rows = [(reader.line_num, {columns[k.strip().lower()]: (v or "").strip() for k, v in row.items()
-                                       if k and k.strip().lower() in columns}) for row in reader]
+            rows = [(reader.line_num, {name: (row.get(column) or "").strip() for name, column in columns.items()})
+                    for row in ({(k or "").strip(): v for k, v in raw.items()} for raw in reader)]
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
     except (UnicodeDecodeError, csv.Error) as err:
@@ -85,19 +86,14 @@ POINT_COLUMNS = {"image": ("image", "path", "file"), "x_mm": ("x_mm", "x"), "y_m
 
 
 def _point_columns(header: list[str], path: Path) -> dict[str, str]:
-    """Lower-cased header name -> the name it is read as. Refuses a CSV without an image column, and one whose
-    coordinates cannot be found while it has columns nothing reads (its rows would all read as clean)."""
-    lower = [h.lower() for h in header]
-    columns = {}
-    for name, aliases in POINT_COLUMNS.items():
-        found = next((a for a in aliases if a in lower), None)
-        if found is not None:
-            columns[found] = name
-    if "image" not in columns.values():
+    """Name read -> header column (`POINT_COLUMNS`, any case). Refuses a CSV without an image column, and one
+    whose coordinates cannot be found while it has columns nothing reads (its rows would all read as clean)."""
+    columns = header_columns(header, POINT_COLUMNS)
+    if "image" not in columns:
         raise InputError(path, f"a points CSV needs an image column (found: {', '.join(header) or 'none'})")
     coordinates = {"x_mm", "y_mm", "z_mm"}
-    unread = [h for h in header if h and h.lower() not in columns]
-    if not coordinates <= set(columns.values()) and (coordinates & set(columns.values()) or unread):
+    unread = [h for h in header if h and h not in columns.values()]
+    if not coordinates <= columns.keys() and (coordinates & columns.keys() or unread):
         raise InputError(path, f"coordinate columns x_mm, y_mm, z_mm (or x, y, z) not all found (found: "
                                f"{', '.join(header)}); without them every row would read as a clean image")
     return columns

@@ -100,7 +100,7 @@ def read_ratings(path: str | Path, *, lps: bool = False) -> RatingTable:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = [h.strip() for h in reader.fieldnames or []]
-            column = _columns(header)
+            column = header_columns(header)
             rows = [(reader.line_num, row) for row in reader]
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
@@ -151,10 +151,12 @@ def read_ratings(path: str | Path, *, lps: bool = False) -> RatingTable:
     return RatingTable(scans=scans, has_coordinates=coords, source=str(path))
 
 
-def _columns(header: list[str]) -> dict[str, str]:
+def header_columns(header: list[str], aliases_of: dict[str, tuple[str, ...]] | None = None) -> dict[str, str]:
+    """Name -> the header column read as it: the first of its aliases found, in any case (default: the rating
+    tables' `_ALIASES`)."""
     lower = {h.lower(): h for h in header}
     found = {}
-    for name, aliases in _ALIASES.items():
+    for name, aliases in (aliases_of or _ALIASES).items():
         for alias in aliases:
             if alias in lower:
                 found[name] = lower[alias]
