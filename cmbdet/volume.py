@@ -176,11 +176,12 @@ def load_volume(path: str | Path | Sequence[str | Path], *, echo: str | int = "a
             raise InputError("<no file>", "an empty list of echo files was given")
         return _load_echo_files(paths, echo)
     path = Path(path)
-    image = _read_nifti(path)
+    image = read_nifti(path)
     return volume_from_image(image, path, echo=echo, echo_times=echo_times_ms(path))
 
 
-def _read_nifti(path: Path) -> nib.Nifti1Image:
+def read_nifti(path: Path) -> nib.Nifti1Image:
+    """A NIfTI-1 or -2 image (data not yet read), or `InputError` naming the file and what is wrong."""
     if not path.exists():
         raise InputError(path, "no such file")
     if path.is_dir():
@@ -200,6 +201,25 @@ def _read_nifti(path: Path) -> nib.Nifti1Image:
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(path, f"not a NIfTI image ({type(image).__name__})")
     return image
+
+
+def read_label_map(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(integer labels as stored (I, J, K), affine) of a label map such as a ``_dseg`` file, or `InputError`
+    naming the file: missing, not NIfTI, truncated or corrupt, not 3-D, or holding non-integer values."""
+    path = Path(path)
+    image = read_nifti(path)
+    try:
+        values = np.asarray(image.dataobj)
+    except Exception as err:
+        raise InputError(path, f"could not read the label map's data ({_short(err)}); "
+                               "the file may be truncated or corrupt") from None
+    if values.ndim > 3 and all(s == 1 for s in values.shape[3:]):
+        values = values.reshape(values.shape[:3])
+    if values.ndim != 3:
+        raise InputError(path, f"a label map must be 3-D, this one has shape {values.shape}")
+    if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)):
+        raise InputError(path, "not a label map: it holds non-integer values")
+    return values.astype(np.int32), image.affine
 
 
 def _read_gzipped(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
@@ -226,7 +246,7 @@ def _load_echo_files(paths: list[Path], echo: str | int) -> Volume:
     else:
         order = np.arange(len(paths))
     paths = [paths[i] for i in order]
-    images = [_read_nifti(p) for p in paths]
+    images = [read_nifti(p) for p in paths]
     first = images[0]
     for p, image in zip(paths[1:], images[1:]):
         if image.shape[:3] != first.shape[:3] or not np.allclose(image.affine, first.affine, atol=1e-3):

@@ -361,6 +361,12 @@ def test_classify_refuses_a_label_map_of_another_scan(ct_folder, expansion_weigh
     assert record.read_text() != first
     assert _rows(tmp_path / "cls3" / "counts.csv")[0]["n_lesions"] == "0"
 
+    # a corrupt (cut) label map: that subject's one-line reason naming the label map, not a generic error
+    labels.write_bytes(labels.read_bytes()[:200])
+    assert main(["classify", *same]) == 1
+    message = _rows(tmp_path / "cls3" / "counts.csv")[0]["message"]
+    assert "desc-hemorrhage_dseg" in message and "corrupt" in message and "unexpected" not in message
+
 
 def test_expansion_samples_from_a_phantom_pair_set(tmp_path):
     """The training data path: CT phantom pairs -> shipped localizer -> lesions labelled from truth.csv."""

@@ -13,7 +13,7 @@ import pytest
 from nibabel.orientations import axcodes2ornt
 
 from cmbdet.errors import InputError
-from cmbdet.volume import load_volume, write_like_source
+from cmbdet.volume import load_volume, read_label_map, write_like_source
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "clearswi-small"
 AXCODES = ["LPS", "RAS", "LAS", "RPI", "LPI", "PIR", "ASR", "SLP", "IRA", "RSA"]
@@ -278,6 +278,32 @@ def test_gzip_of_garbage_is_reported(tmp_path):
     path.write_bytes(gzip.compress(b"\x00" * 1000))
     with pytest.raises(InputError, match="garbage.nii.gz"):
         load_volume(path)
+
+
+def test_label_maps_are_read_as_stored_and_bad_ones_refused_in_one_line(tmp_path):
+    affine = np.diag([0.9, 0.9, 3.0, 1.0])
+    labels = np.zeros((6, 5, 4), np.int16)
+    labels[2:4, 1:3, 1] = 2
+    good = tmp_path / "sub-01_dseg.nii.gz"
+    nib.save(nib.Nifti1Image(labels, affine), good)
+    read, read_affine = read_label_map(good)
+    np.testing.assert_array_equal(read, labels)
+    np.testing.assert_allclose(read_affine, affine)
+    nib.save(nib.Nifti1Image(labels[..., None], affine), tmp_path / "single.nii.gz")  # 4-D with one volume
+    np.testing.assert_array_equal(read_label_map(tmp_path / "single.nii.gz")[0], labels)
+
+    cut = tmp_path / "cut.nii"
+    nib.save(nib.Nifti1Image(labels, affine), cut)
+    cut.write_bytes(cut.read_bytes()[:400])
+    gz_cut = tmp_path / "cut.nii.gz"
+    gz_cut.write_bytes(good.read_bytes()[:60])
+    nib.save(nib.Nifti1Image(np.full((6, 5, 4), 0.5, np.float32), affine), tmp_path / "prob.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((6, 5, 4, 2), np.int16), affine), tmp_path / "series.nii.gz")
+    for name, problem in [("cut.nii", "corrupt"), ("cut.nii.gz", "corrupt"), ("prob.nii.gz", "non-integer"),
+                          ("series.nii.gz", "3-D"), ("absent.nii.gz", "no such file")]:
+        with pytest.raises(InputError) as info:
+            read_label_map(tmp_path / name)
+        assert name in str(info.value) and problem in str(info.value) and "\n" not in str(info.value), name
 
 
 @pytest.mark.skipif(not REALDATA.exists(), reason="shared/realdata not beside the repo")

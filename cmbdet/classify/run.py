@@ -194,10 +194,9 @@ def with_reused_label_maps(subjects: list[Subject], lesions_dir: str | Path) -> 
 def reuse_lesions(unit: LesionUnit, lesions_dir: Path) -> tuple[Lesions, Volume, dict[str, np.ndarray], list[str]]:
     """Read a unit's images and the label map an earlier ``cmbdet lesions`` run wrote for it
     (``<lesions_dir>/<subject>/<subject>_desc-hemorrhage_dseg.nii.gz``, in the reference's grid)."""
-    import nibabel as nib
-
     from cmbdet.lesions.result import lesions_from_labels
     from cmbdet.lesions.run import subject_files
+    from cmbdet.volume import read_label_map
 
     label_path = lesions_dir / subject_files(unit.subject)["label_map"]
     if not label_path.is_file():
@@ -213,9 +212,8 @@ def reuse_lesions(unit: LesionUnit, lesions_dir: Path) -> tuple[Lesions, Volume,
             raise InputError(label_path, f"the label map was made from other input files than {unit.input} "
                                          "(their SHA-256 differ; see its record): run `cmbdet lesions` on this input")
     reference, arrays, _, notes = _read_unit(unit)
-    image = nib.load(str(label_path))
-    labels = np.asarray(image.dataobj).astype(np.int16)
-    if labels.shape != tuple(reference.source.shape[:3]) or not np.allclose(image.affine, reference.source.affine,
+    labels, label_affine = read_label_map(label_path)
+    if labels.shape != tuple(reference.source.shape[:3]) or not np.allclose(label_affine, reference.source.affine,
                                                                                atol=1e-3):
         raise InputError(label_path, f"the label map is not on the grid of {reference.path} (another scan?)")
     sidecar = label_path.with_name(label_path.name.replace(".nii.gz", ".json"))

@@ -25,9 +25,9 @@ from cmbdet.volume import (
     Volume,
     _checked_affine,
     _checked_dimensions,
-    _read_nifti,
     _repair_non_finite,
     _short,
+    read_nifti,
 )
 
 #: A CT in HU has air around the head: some voxels must lie below this (HU).
@@ -45,7 +45,7 @@ def load_ct_volume(path: str | Path) -> Volume:
     Raises `InputError` (one line naming the file) for unreadable files, 4-D series, and images with
     no values below `AIR_BELOW_HU` (not Hounsfield units).
     """
-    image = _read_nifti(Path(path))
+    image = read_nifti(Path(path))
     name = str(path)
     notes: list[str] = []
     affine = _checked_affine(image, name, notes)
@@ -87,7 +87,7 @@ def guess_modality(path: str | Path) -> tuple[str, str]:
     has no values far below zero."""
     if re.fullmatch(r"sub-[^_]+(_[a-z]+-[^_]+)*_ct\.nii(\.gz)?", Path(path).name, re.IGNORECASE):
         return "ct", "CT (BIDS suffix _ct)"
-    image = _read_nifti(Path(path))
+    image = read_nifti(Path(path))
     try:
         data = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as err:

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,6 +25,7 @@ from cmbdet.lesions.ct import DEFAULT_SPACING_MM, ct_working_image, load_ct_volu
 from cmbdet.lesions.infer import LesionModel
 from cmbdet.lesions.model import LesionNet
 from cmbdet.preprocess import resample_to_spacing
+from cmbdet.volume import read_label_map
 from cmbdet.weights import pick_device
 
 
@@ -66,7 +66,7 @@ def prepare_ct_scan(image: Path, truth: Path, spacing_mm: float = DEFAULT_SPACIN
             return PreparedScan(image.name, z["hu"].astype(np.float32), z["mask"], z["blood"].astype(np.float32))
     volume = load_ct_volume(image)
     work = ct_working_image(volume, spacing_mm)
-    labels = np.asarray(nib.load(str(truth)).dataobj)
+    labels, _ = read_label_map(truth)
     canonical = apply_orientation(labels > 0, volume.source.ornt).astype(np.float32)
     blood, _ = resample_to_spacing(canonical, volume.affine, spacing_mm)
     blood = np.clip(blood, 0.0, 1.0)
@@ -110,7 +110,7 @@ def prepare_mri_scan(files: dict[str, Path], truth: Path, spacing_mm: float = DE
                                 z["channels"].astype(np.float32))
     seqs = load_sequence_set(files)
     channels, mask, _ = mri_working(seqs, spacing_mm)
-    labels = np.asarray(nib.load(str(truth)).dataobj)
+    labels, _ = read_label_map(truth)
     canonical = apply_orientation(labels > 0, seqs.reference.source.ornt).astype(np.float32)
     blood, _ = resample_to_spacing(canonical, seqs.reference.affine, spacing_mm)
     blood = np.clip(blood, 0.0, 1.0)

@@ -15,6 +15,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from cmbdet.volume import read_label_map
+
 MATCH_MM = 10.0
 
 
@@ -29,16 +31,15 @@ class TruthLesion:
 
 def read_truth_map(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[TruthLesion]]:
     """(labels as stored (I, J, K) int32, affine, lesions) of a truth label map."""
-    image = nib.load(str(path))
-    labels = np.asarray(image.dataobj).astype(np.int32)
-    voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
+    labels, affine = read_label_map(path)
+    voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     lesions = []
     for n, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
         ijk = np.argwhere(labels[box] == n) + [s.start for s in box]
-        lesions.append(TruthLesion(n, nib.affines.apply_affine(image.affine, ijk).mean(0), len(ijk) * voxel_ml))
-    return labels, image.affine, lesions
+        lesions.append(TruthLesion(n, nib.affines.apply_affine(affine, ijk).mean(0), len(ijk) * voxel_ml))
+    return labels, affine, lesions
 
 
 def match_reports(report_xyz_mm: np.ndarray, truth_labels: np.ndarray, truth_affine: np.ndarray,
