@@ -540,6 +540,11 @@ def test_points_csv_columns_are_read_in_any_case_and_unknown_coordinates_are_ref
         read_points(table)
     table.write_text("image,status\nclean.nii.gz,\n")  # images listed as read clean: no coordinates needed
     assert read_points(table)["clean.nii.gz"].microbleeds == []
+    table.write_text("image,x,y,z,status\na.nii.gz,1,2,3,Definite\na.nii.gz,4,5,6,POSSIBLE\na.nii.gz,7,8,9,\n")
+    assert [m.status for m in read_points(table)["a.nii.gz"].microbleeds] == ["definite", "possible", "definite"]
+    table.write_text("image,x,y,z,status\na.nii.gz,1,2,3,definite\na.nii.gz,4,5,6,mimic\n")  # was read as definite
+    with pytest.raises(InputError, match="line 3: status 'mimic' is neither definite nor possible"):
+        read_points(table)
 
 
 def test_a_second_conversion_into_the_same_folder_removes_the_scans_it_no_longer_chooses(tmp_path):

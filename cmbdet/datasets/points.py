@@ -2,13 +2,13 @@
 
 The CSV has ``image`` (a NIfTI file or a DICOM series folder, relative to SRC), ``x_mm, y_mm, z_mm``
 (scanner RAS as nibabel reports it, or DICOM LPS with ``lps``), optionally ``diameter_mm`` and
-``status`` (definite/possible; none = definite). A row with empty coordinates marks an image read as
-clean. Every image under SRC is converted (a DICOM series without a row only when its description
-says SWI/T2*/GRE, as for ADNI, or matches ``series_pattern``; every one with ``all_series``); one
-without a row is unrated, or clean with ``unlisted_clean``; without a CSV every image is unrated (DICOM
-to NIfTI for `cmbdet detect`). BIDS
-names come from the file's own ``sub-``/``ses-`` entities when it has them, else from its path
-(letters and digits: ``site A/patient 01.nii.gz`` -> ``sub-siteApatient01``).
+``status`` (definite/possible; none = definite; any other word is refused). A row with empty coordinates
+marks an image read as clean. Every image under SRC is converted (a DICOM series without a row only when
+its description says SWI/T2*/GRE, as for ADNI, or matches ``series_pattern``; every one with
+``all_series``); one without a row is unrated, or clean with ``unlisted_clean``; without a CSV every
+image is unrated (DICOM to NIfTI for `cmbdet detect`). BIDS names come from the file's own
+``sub-``/``ses-`` entities when it has them, else from its path (letters and digits: ``site A/patient
+01.nii.gz`` -> ``sub-siteApatient01``).
 """
 
 from __future__ import annotations
@@ -75,7 +75,11 @@ def read_points(path: str | Path, *, lps: bool = False) -> dict[str, Rated]:
             raise InputError(path, f"line {line}: coordinates must be three numbers (got {values})") from None
         if not all(math.isfinite(v) for v in (x, y, z)):
             raise InputError(path, f"line {line}: coordinates must be finite")
-        entry.microbleeds.append(Microbleed(status=status_of(row.get("status", "")),
+        status = (row.get("status") or "").strip()
+        if status and not any(word in status.lower() for word in ("defin", "possib")):
+            raise InputError(path, f"line {line}: status {status!r} is neither definite nor possible "
+                                   "(leave it empty for definite)")
+        entry.microbleeds.append(Microbleed(status=status_of(status),
                                             xyz_mm=(-x, -y, z) if lps else (x, y, z), diameter_mm=diameter))
     return rated
 
