@@ -161,9 +161,10 @@ def collect_inputs(items: Sequence[str | Path], *, exclude: Sequence[str | Path]
 
 def group_subjects(entries: Iterable[tuple[str, int | None, Path]]) -> list[Subject]:
     """(subject id, echo number or None, path) -> `Subject`s in first-seen order; the files of one id
-    that carry distinct echo numbers are one subject (sorted by echo); files of one id with different BIDS
-    suffixes (``_swi`` and ``_T2starw`` of one session) are subjects ``<id>_<suffix>``. Any other repeat of
-    an id is refused with an `InputError` naming both files."""
+    that carry distinct echo numbers and sit in one folder are one subject (sorted by echo); files of one
+    id with different BIDS suffixes (``_swi`` and ``_T2starw`` of one session) are subjects
+    ``<id>_<suffix>``. Any other repeat of an id (same-named echo files in two folders included: two
+    patients scanned with one protocol) is refused with an `InputError` naming both files."""
     by_id: dict[str, list[tuple[int | None, Path]]] = {}
     for subject, echo, path in entries:
         by_id.setdefault(subject, []).append((echo, path))
@@ -182,10 +183,15 @@ def group_subjects(entries: Iterable[tuple[str, int | None, Path]]) -> list[Subj
             clash = seen.get(echo) if echo is not None else next(iter(seen.values()), None)
             if clash is None and echo is not None and None in seen:
                 clash = seen[None]
+            elsewhere = ""
+            if clash is None and seen:  # echoes are one scan only in one folder: two patients' same-named echo files
+                first = next(iter(seen.values()))
+                if Path(first).parent.resolve() != Path(path).parent.resolve():
+                    clash, elsewhere = first, " (echo files in different folders are not one scan)"
             if clash is not None:
                 same = Path(clash).resolve() == Path(path).resolve()
                 raise InputError(None, f"subject id {subject!r} is given twice: {clash} and {path}"
-                                       f"{' (the same file listed twice)' if same else ''}; "
+                                       f"{' (the same file listed twice)' if same else elsewhere}; "
                                        "give each scan a distinct name, or list them in a manifest CSV with "
                                        "subject/session columns")
             seen[echo] = path
@@ -481,13 +487,15 @@ def run_batch(
 ) -> BatchResult:
     """Run ``job`` on every subject not already done in OUTDIR; one bad subject never stops the others.
 
-    Up front: refuses (`InputError`) an OUTDIR made with other settings unless ``overwrite``, and
-    removes temporary files a killed run left. Then skips subjects whose record matches this run's
-    settings and input SHA-256, runs the others (in this process, ``workers`` local processes, or
-    Ray tasks with ``use_ray``), and keeps the tables (the union of every subject done in OUTDIR
-    with these settings, each once, sorted by subject) and ``run.json`` up to date: after every
-    subject at most every ``table_interval_s`` seconds, and at the end. ``progress(record, n_done,
-    n_total)`` is called as subjects finish; ``report(outdir, run_info, records)`` at the end.
+    Up front: refuses (`InputError`) an OUTDIR made with other settings unless ``overwrite`` (which
+    redoes this run's subjects; other subjects' folders are never deleted: those made with other
+    settings are left out of the tables, with a warning), and removes temporary files a killed run
+    left. Then skips subjects whose record matches this run's settings and input SHA-256, runs the
+    others (in this process, ``workers`` local processes, or Ray tasks with ``use_ray``), and keeps
+    the tables (the union of every subject done in OUTDIR with these settings, each once, sorted by
+    subject) and ``run.json`` up to date: after every subject at most every ``table_interval_s``
+    seconds, and at the end. ``progress(record, n_done, n_total)`` is called as subjects finish;
+    ``report(outdir, run_info, records)`` at the end.
     """
     if use_ray and importlib.util.find_spec("ray") is None:  # before OUTDIR exists: nothing half-made
         raise InputError(None, RAY_MISSING)
@@ -507,13 +515,13 @@ def run_batch(
         # Records made with these settings count (also of subjects not in this run: the tables are the
         # union); with --overwrite the subjects of this run are redone all the same.
         done = {k: r for k, r in known.items() if r.settings_id == sid and not (overwrite and k in current)}
+        # Subject folders made with other settings and not in this run are never deleted (not even with
+        # --overwrite, which redoes this run's subjects only): kept on disk, left out of the tables.
         left_out = sorted(k for k, r in known.items() if r.settings_id != sid and k not in current)
-        if overwrite:
-            _remove_subject_files(outdir, [known[k] for k in left_out], job.name)
-            left_out = []
-        elif left_out:
+        if left_out:
             warnings.warn(f"{outdir}: {len(left_out)} subject folder(s) made with other settings are left out of "
-                          f"the tables: {', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''}", stacklevel=2)
+                          f"the tables (not in this run, so not redone; kept on disk): "
+                          f"{', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''}", stacklevel=2)
 
         todo: list[tuple[Subject, tuple[str, ...] | None]] = []
         skipped = 0
@@ -536,12 +544,15 @@ def run_batch(
         this_run: dict[str, SubjectRecord] = {s.subject: done[s.subject] for s in subjects if s.subject in done}
         if todo or cleaned or not (outdir / next(iter(job.tables))).exists():
             tables.write(force=True)
-        for record in _execute(job, todo, outdir, workers=workers, use_ray=use_ray, ray_address=ray_address):
-            finished += 1
-            this_run[record.subject] = record
-            tables.add(record)
-            if progress is not None:
-                progress(record, finished, total)
+        # closing: an exception here (SIGTERM, Ctrl-C) stops the executor's workers at once, not at garbage collection
+        with contextlib.closing(_execute(job, todo, outdir, workers=workers, use_ray=use_ray,
+                                         ray_address=ray_address)) as results:
+            for record in results:
+                finished += 1
+                this_run[record.subject] = record
+                tables.add(record)
+                if progress is not None:
+                    progress(record, finished, total)
         tables.write(force=True)
         records = [this_run[s.subject] for s in subjects if s.subject in this_run]
         run_info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -696,11 +707,18 @@ def _execute(job: SubjectJob, todo: list[tuple[Subject, tuple[str, ...] | None]]
 
 
 _WORKER_JOB: SubjectJob | None = None
+#: Linux prctl option: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
 
 
-def _worker_init(job: SubjectJob, threads: int) -> None:
+def _worker_init(job: SubjectJob, threads: int, parent: int | None = None) -> None:
+    """Set up a worker process: its job, its torch threads, and its death with ``parent`` (the batch's
+    process): a worker must never outlive the run that started it (after ``kill -9`` of that run it
+    would go on writing into OUTDIR, outside the folder's lock, then hang)."""
     global _WORKER_JOB
     _WORKER_JOB = job
+    if parent is not None:
+        _die_with_parent(parent)
     if "OMP_NUM_THREADS" not in os.environ:
         with contextlib.suppress(ImportError):
             import torch
@@ -708,32 +726,111 @@ def _worker_init(job: SubjectJob, threads: int) -> None:
             torch.set_num_threads(threads)
 
 
+def _die_with_parent(parent: int, poll_s: float = 0.2) -> None:
+    """End this process as soon as process ``parent`` is gone: on Linux the kernel kills it at once
+    (``prctl(PR_SET_PDEATHSIG, SIGKILL)``); everywhere a daemon thread checks every ``poll_s``
+    seconds whether this process was handed to another parent, and exits it if so."""
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    if os.getppid() != parent:  # the parent died before this worker got here
+        os._exit(1)
+    threading.Thread(target=watch, name="cmbdet-parent-watch", daemon=True).start()
+
+
 def _worker_run(subject: Subject, hashes: tuple[str, ...] | None, outdir: Path) -> SubjectRecord:
     assert _WORKER_JOB is not None, "worker not initialised"
     return run_subject(_WORKER_JOB, subject, hashes, outdir)
 
 
+class Terminated(SystemExit):
+    """SIGTERM during a run with worker processes: the workers are stopped, then the process exits
+    with 128 + SIGTERM (143), as it would have without the handler."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_run() -> Iterator[None]:
+    """While inside: SIGTERM prints one line and raises `Terminated` in the main thread, so that the
+    worker processes are stopped on the way out. Only where SIGTERM has its default action and in the
+    main thread (an application's own handler is left alone); a second SIGTERM while stopping is ignored."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def on_sigterm(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("cmbdet: terminated (SIGTERM): stopping the worker processes; run the same command again to "
+              "finish the remaining subjects", file=sys.stderr, flush=True)
+        raise Terminated(128 + signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _stop_workers(pool) -> None:
+    """Kill a process pool's workers now (its subjects are abandoned: a rerun redoes them) and shut it down
+    without waiting for their subjects."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.kill()
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.join(5)
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _execute_local(job: SubjectJob, todo, outdir: Path, workers: int) -> Iterator[SubjectRecord]:
-    """Local worker processes. Spawned, not forked: forking after torch has run can deadlock."""
+    """Local worker processes. Spawned, not forked: forking after torch has run can deadlock. The workers
+    die with this process (see `_worker_init`); when this generator ends early (an exception, SIGTERM,
+    Ctrl-C, or closed by its caller) they are killed, not waited for."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     workers = min(workers, len(todo))
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                             initargs=(job, threads)) as pool:
-        futures = {pool.submit(_worker_run, subject, hashes, outdir): (subject, hashes) for subject, hashes in todo}
-        for future in as_completed(futures):
-            subject, hashes = futures[future]
-            try:
-                yield future.result()
-            except Exception as err:  # the worker process died (e.g. out of memory)
-                record = job.error_record(subject, f"{subject.input_label}: worker process failed "
-                                                   f"({type(err).__name__}: {err})")
-                record.input_sha256 = None if hashes is None else list(hashes)
-                save_record(outdir, record, job.name)
+    with _sigterm_stops_the_run():
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                   initargs=(job, threads, os.getpid()))
+        finished = False
+        try:
+            futures = {pool.submit(_worker_run, subject, hashes, outdir): (subject, hashes)
+                       for subject, hashes in todo}
+            for future in as_completed(futures):
+                subject, hashes = futures[future]
+                try:
+                    record = future.result()
+                except Exception as err:  # the worker process died (e.g. out of memory)
+                    record = job.error_record(subject, f"{subject.input_label}: worker process failed "
+                                                       f"({type(err).__name__}: {err})")
+                    record.input_sha256 = None if hashes is None else list(hashes)
+                    save_record(outdir, record, job.name)
                 yield record
+            finished = True
+        finally:
+            if finished:
+                pool.shutdown(wait=True)
+            else:
+                _stop_workers(pool)
 
 
 RAY_MISSING = "--ray needs the optional dependency ray: pip install 'cmbdet[ray]'"

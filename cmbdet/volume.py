@@ -27,7 +27,14 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from scipy import ndimage
 
 from cmbdet.atomic import atomic_path
-from cmbdet.echoes import combine_echoes, echo_index_from_name, echo_times_ms
+from cmbdet.echoes import (
+    ECHO_CHOICES,
+    combine_echoes,
+    describe_echo_numbers,
+    echo_index_from_name,
+    read_echo_times,
+    series_echo_times,
+)
 from cmbdet.errors import InputError
 
 #: 4-D series with at most this many volumes are read as multi-echo magnitude (echoes on axis 4).
@@ -124,8 +131,12 @@ def volume_from_image(
     *,
     echo: str | int = "auto",
     echo_times: list[float] | None = None,
+    echo_numbers: Sequence[int] | None = None,
+    why_no_echo_times: str | None = None,
 ) -> Volume:
-    """Check and reorient an in-memory NIfTI image (see `load_volume`); ``echo_times`` in ms."""
+    """Check and reorient an in-memory NIfTI image (see `load_volume`). For a 4-D (multi-echo) image:
+    ``echo_times`` in ms per echo, or ``None`` with ``why_no_echo_times`` saying why (for the note);
+    ``echo_numbers``: the 1-based echo number of each echo (default 1..E), see `combine_echoes`."""
     name = str(path) if path is not None else "<image>"
     notes: list[str] = []
     affine = _checked_affine(image, name, notes)
@@ -140,7 +151,8 @@ def volume_from_image(
     data = _repair_non_finite(data, name, notes)
     _check_magnitude(data, name)
     if data.ndim == 4:
-        data, message = combine_echoes(data, echo, echo_times, name)
+        data, message = combine_echoes(data, echo, echo_times, name, numbers=echo_numbers,
+                                       why_no_times=why_no_echo_times)
         notes.append(message)
 
     ornt = io_orientation(affine)
@@ -164,9 +176,11 @@ def load_volume(path: str | Path | Sequence[str | Path], *, echo: str | int = "a
     echo each (BIDS ``_echo-N``, dcm2niix ``_eN``) on one grid; those are ordered by echo time
     (sidecar), else by the echo number in the name, else as given. ``echo``: ``"auto"`` (default:
     echoes weighted for susceptibility contrast by echo time, see `cmbdet.echoes`), ``"rss"``
-    root-sum-of-squares, ``"last"``, ``"first"``, or a 0-based index. Echo times are read from JSON
-    sidecars. What was done is recorded in ``Volume.notes``. Raises `InputError` (one line naming
-    the file) for anything that is not a usable magnitude scan.
+    root-sum-of-squares, ``"last"``, ``"first"``, or a 0-based index (for files numbered by echo,
+    ``N`` is the echo numbered ``N + 1``, refused if that file is absent). Echo times are read from
+    JSON sidecars; a missing or bad sidecar is named in the note, never fatal. What was done is
+    recorded in ``Volume.notes``. Raises `InputError` (one line naming the file) for anything that is
+    not a usable magnitude scan.
     """
     if not isinstance(path, str | Path):
         paths = [Path(p) for p in path]
@@ -177,7 +191,9 @@ def load_volume(path: str | Path | Sequence[str | Path], *, echo: str | int = "a
         return _load_echo_files(paths, echo)
     path = Path(path)
     image = read_nifti(path)
-    return volume_from_image(image, path, echo=echo, echo_times=echo_times_ms(path))
+    n_echoes = int(np.prod(image.shape[3:])) if len(image.shape) > 3 else 1
+    times, why = series_echo_times([read_echo_times(path)], n_echoes)
+    return volume_from_image(image, path, echo=echo, echo_times=times, why_no_echo_times=why)
 
 
 def read_nifti(path: Path) -> nib.Nifti1Image:
@@ -237,34 +253,64 @@ def _read_gzipped(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
 
 
 def _load_echo_files(paths: list[Path], echo: str | int) -> Volume:
-    """One subject stored one echo per file: check they share one grid, order them, stack, combine."""
-    times = [echo_times_ms(p) for p in paths]
-    if all(t is not None and len(t) == 1 for t in times):
-        order = np.argsort([t[0] for t in times], kind="stable")
-    elif all(echo_index_from_name(p) is not None for p in paths):
-        order = np.argsort([echo_index_from_name(p) for p in paths], kind="stable")
+    """One subject stored one echo per file: check they share one grid, order them, stack, combine.
+
+    Order: by sidecar echo time when every file has a usable, distinct one, else by the echo number in
+    the names (BIDS ``_echo-N``, dcm2niix ``_eN``), else as given. With echo numbers, ``--echo N`` is the
+    file numbered ``N + 1`` and, without echo times, echo ``k`` is assumed at ``k`` echo spacings."""
+    times, why = series_echo_times([read_echo_times(p) for p in paths], len(paths))
+    named = [echo_index_from_name(p) for p in paths]
+    numbers = named if all(k is not None for k in named) else None
+    if numbers is not None and len(set(numbers)) < len(numbers):
+        twice = sorted({k for k in numbers if numbers.count(k) > 1})
+        raise InputError(paths[0], f"two echo files with the same echo number {', '.join(map(str, twice))} "
+                                   f"({', '.join(p.name for p in paths)})")
+    if times is not None:
+        order = np.argsort(times, kind="stable")
+    elif numbers is not None:
+        order = np.argsort(numbers, kind="stable")
     else:
         order = np.arange(len(paths))
     paths = [paths[i] for i in order]
+    times = None if times is None else [times[i] for i in order]
+    numbers = None if numbers is None else [numbers[i] for i in order]
+    names = ", ".join(p.name for p in paths)
+    if numbers is not None and echo not in ECHO_CHOICES:
+        try:
+            requested = int(echo)
+        except (TypeError, ValueError):
+            requested = None  # an unknown choice: combine_echoes says so
+        if requested is not None and requested + 1 not in numbers:
+            held = describe_echo_numbers(numbers) or f"numbered 1..{len(numbers)}"
+            raise InputError(paths[0], f"echo {requested} requested (0-based: echo number {requested + 1}), but no "
+                                       f"echo file is numbered {requested + 1} ({names}: {held})")
     images = [read_nifti(p) for p in paths]
     first = images[0]
     for p, image in zip(paths[1:], images[1:]):
-        if image.shape[:3] != first.shape[:3] or not np.allclose(image.affine, first.affine, atol=1e-3):
+        if image.shape[:3] != first.shape[:3]:
             raise InputError(p, f"echo file is not on the grid of {paths[0].name} (shape {image.shape} vs "
                                 f"{first.shape}); echoes of one scan must share one grid")
+        if not np.allclose(image.affine, first.affine, atol=1e-3):
+            raise InputError(p, f"echo file is not on the grid of {paths[0].name}: its voxel-to-world affine "
+                                f"differs from {paths[0].name}'s (by up to {_grid_offset_mm(image, first):.3g} mm "
+                                "at the corners; position or orientation); echoes of one scan must share one grid")
         if len(image.shape) > 3 and any(s > 1 for s in image.shape[3:]):
             raise InputError(p, f"echo file is {len(image.shape)}-D (shape {image.shape}); one 3-D echo per file")
     try:
         stacked = np.stack([image_values(im).reshape(im.shape[:3]) for im in images], 3)
     except Exception as err:
         raise InputError(paths[0], f"could not read the echo files ({type(err).__name__}: {err})") from None
-    echo_times = [t[0] for t in times] if all(t is not None and len(t) == 1 for t in times) else None
-    if echo_times is not None:
-        echo_times = sorted(echo_times)
     combined = nib.Nifti1Image(stacked, first.affine, first.header)
-    volume = volume_from_image(combined, paths[0], echo=echo, echo_times=echo_times)
-    names = ", ".join(p.name for p in paths)
+    volume = volume_from_image(combined, paths[0], echo=echo, echo_times=times, echo_numbers=numbers,
+                               why_no_echo_times=why)
     return replace(volume, notes=(f"{len(paths)} echo files read as one scan ({names})", *volume.notes))
+
+
+def _grid_offset_mm(image: nib.Nifti1Image, reference: nib.Nifti1Image) -> float:
+    """The largest distance (mm) between where two affines put the corner voxels of ``reference``'s grid."""
+    corners = np.array(np.meshgrid(*[[0, max(s - 1, 0)] for s in reference.shape[:3]], indexing="ij")).reshape(3, -1).T
+    return float(np.max(np.linalg.norm(apply_affine(image.affine, corners) - apply_affine(reference.affine, corners),
+                                       axis=1)))
 
 
 def write_like_source(volume: Volume, array: np.ndarray, path: str | Path, *, dtype=np.int16) -> Path:

@@ -149,7 +149,7 @@ def test_auto_echo_without_sidecar_says_what_it_assumed(tmp_path):
     assert "no JSON sidecar" in volume.notes[0]
     assert _contrast(volume) > _contrast(load_volume(path, echo="rss"))
     (tmp_path / "me.json").write_text('{"EchoTime": 0.005}')  # a sidecar with one time for four echoes
-    assert "the sidecars give 1 echo time(s) for 4 echoes" in load_volume(path).notes[0]
+    assert "me.json: EchoTime gives 1 echo time(s) for 4 echoes" in load_volume(path).notes[0]
 
 
 @pytest.mark.parametrize("naming", ["bids", "dcm2niix"])
@@ -179,6 +179,92 @@ def test_echo_files_on_different_grids_are_refused(tmp_path):
     b = _save(tmp_path, _image(), _affine_for("LPS"), "x_e2.nii.gz")
     with pytest.raises(InputError, match="x_e2.nii.gz.*not on the grid"):
         load_volume([a, b])
+
+
+def test_echo_files_with_a_missing_echo_are_taken_by_echo_number(tmp_path):
+    """BIDS echo-1 and echo-3 (echo-2 absent): --echo N is the echo numbered N + 1, never a list position."""
+    times = [4.0, 8.0, 12.0]
+    echoes = _decaying_echoes(times)
+    paths = []
+    for n in (1, 3):
+        paths.append(_save(tmp_path, echoes[..., n - 1], np.eye(4), f"sub-05_echo-{n}_T2starw.nii.gz"))
+        (tmp_path / f"sub-05_echo-{n}_T2starw.json").write_text(json.dumps({"EchoTime": times[n - 1] / 1000}))
+    with pytest.raises(InputError) as info:
+        load_volume(paths, echo="1")  # echo-2: not there
+    message = str(info.value)
+    assert "echo number 2" in message and "\n" not in message
+    assert "sub-05_echo-1_T2starw.nii.gz" in message and "sub-05_echo-3_T2starw.nii.gz" in message
+    third = load_volume(paths, echo="2")  # echo-3: there
+    np.testing.assert_allclose(third.data, echoes[..., 2])
+    assert "echo 3 (TE 12 ms) used" in third.notes[1] and "echo 2 missing" in third.notes[1]
+    assert "TE 4, 12 ms" in load_volume(paths).notes[1]  # sidecar times rule
+
+
+def test_missing_echo_without_sidecars_keeps_its_gap_in_the_assumed_times(tmp_path):
+    """dcm2niix _e1, _e2, _e4 without sidecars: equal spacing by echo number (1, 2, 4), not by position."""
+    times = [5.0, 10.0, 15.0, 20.0]  # T2* 40 ms = 8 echo spacings
+    echoes = _decaying_echoes(times)
+    paths = [_save(tmp_path, echoes[..., n - 1], np.eye(4), f"scanG_e{n}.nii.gz") for n in (1, 2, 4)]
+    with pytest.raises(InputError, match="echo number 3.*scanG_e4.nii.gz.*echo 3 missing"):
+        load_volume(paths, echo="2")
+    fourth = load_volume(paths, echo="3")
+    np.testing.assert_allclose(fourth.data, echoes[..., 3])
+    assert "echo 4 used" in fourth.notes[1]
+    note = load_volume(paths).notes[1]
+    assert "echo 3 missing" in note and "TE proportional to 1, 2, 4" in note
+    assert "T2* 8 echo spacings" in note  # position-based spacing fitted 5.33
+
+
+def test_two_echo_files_with_one_echo_number_are_refused(tmp_path):
+    names = ["x_e1.nii", "x_e2.nii", "x_e2.nii.gz"]  # e2 twice: which one --echo 1 means is not known
+    paths = [_save(tmp_path, _image(seed=n), np.eye(4), name) for n, name in enumerate(names)]
+    with pytest.raises(InputError, match="same echo number 2"):
+        load_volume(paths, echo="1")
+
+
+_GOOD_SIDECARS = {1: '{"EchoTime": 0.008}', 2: '{"EchoTime": 0.016}', 3: '{"EchoTime": 0.024}'}
+_BROKEN = '{"EchoTime": [0.005, 0.015,'
+
+
+@pytest.mark.parametrize(("sidecars", "said"), [
+    ({n: _BROKEN for n in (1, 2, 3)}, "scanH_e1.json: unreadable JSON (Expecting value at line 1 column 28)"),
+    ({**_GOOD_SIDECARS, 3: _BROKEN}, "scanH_e3.json: unreadable JSON"),
+    ({1: _GOOD_SIDECARS[1]}, "no sidecar scanH_e2.json, scanH_e3.json"),
+    ({**_GOOD_SIDECARS, 2: '{"EchoTime": 0}'}, "scanH_e2.json: EchoTime 0 is not positive"),
+    ({**_GOOD_SIDECARS, 2: '{"EchoTime": -0.004}'}, "scanH_e2.json: EchoTime -0.004 is not positive"),
+    ({**_GOOD_SIDECARS, 2: '{"EchoTime": NaN}'}, "scanH_e2.json: EchoTime nan is not finite"),
+    ({**_GOOD_SIDECARS, 2: '{"RepetitionTime": 0.03}'}, "scanH_e2.json: EchoTime missing"),
+    ({n: '{"EchoTime": 0.008}' for n in (1, 2, 3)},
+     "scanH_e1.json, scanH_e2.json, scanH_e3.json: echo times 8, 8, 8 ms are not distinct"),
+], ids=["malformed", "one-malformed", "only-e1", "zero", "negative", "nan", "no-echotime", "identical"])
+def test_a_bad_sidecar_is_named_with_its_problem_and_not_fatal(tmp_path, sidecars, said):
+    echoes = _decaying_echoes([8.0, 16.0, 24.0])
+    paths = [_save(tmp_path, echoes[..., n - 1], np.eye(4), f"scanH_e{n}.nii.gz") for n in (1, 2, 3)]
+    for n, text in sidecars.items():
+        (tmp_path / f"scanH_e{n}.json").write_text(text)
+    note = load_volume(paths).notes[1]
+    assert f"echo times unknown ({said}" in note and "assumed equally spaced" in note
+    assert "T2* 5 echo spacings" in note  # 40 ms / 8 ms: the echo-number assumption, as without sidecars
+
+
+def test_a_bad_sidecar_of_a_4d_file_is_named(tmp_path):
+    path = _save(tmp_path, _decaying_echoes([5.0, 10.0, 15.0]), np.eye(4), "me.nii.gz")
+    (tmp_path / "me.json").write_text(_BROKEN)
+    assert "echo times unknown (me.json: unreadable JSON (Expecting value at line 1 column 28))" in \
+        load_volume(path).notes[0]
+    (tmp_path / "me.json").write_text('{"EchoTime": [0.005, 0.005, 0.005]}')
+    assert "me.json: echo times 5, 5, 5 ms are not distinct" in load_volume(path).notes[0]
+
+
+def test_echo_files_with_one_shifted_affine_say_the_affine_differs(tmp_path):
+    shifted = np.eye(4)
+    shifted[0, 3] = 10.0
+    paths = [_save(tmp_path, _image(seed=n), shifted if n == 3 else np.eye(4), f"scanD_e{n}.nii.gz") for n in (1, 2, 3)]
+    with pytest.raises(InputError) as info:
+        load_volume(paths)
+    message = str(info.value)
+    assert "scanD_e3.nii.gz" in message and "affine differs from scanD_e1.nii.gz's (by up to 10 mm" in message
+    assert "shape" not in message
 
 
 def test_nan_voxels_are_repaired_with_a_warning(tmp_path):
