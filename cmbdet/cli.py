@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cmbdet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (e.g. `cmbdet evaluate ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as err:
         if args.debug:
             raise
@@ -104,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("phantom", parents=[common], help="write realistic synthetic scans with known CMBs",
                        description="Write synthetic SWI/GRE scans with ground truth (truth.csv, scanner RAS mm).")
     p.add_argument("-o", "--outdir", required=True)
-    p.add_argument("-n", type=int, default=4, help="number of subjects (default 4)")
+    p.add_argument("-n", type=_COUNT, default=4, help="number of subjects (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="coarse, fast volumes (for tests)")
     p.add_argument("--no-montage", action="store_true", help="skip the slice montages")
@@ -117,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="instead of whole phantoms: -n copies of this real scan (3-D or multi-echo) with "
                         "--cmb-per-copy synthetic microbleeds each, plus one untouched copy, and truth.csv; "
                         "checks the detector on your own scanner's images")
-    p.add_argument("--cmb-per-copy", type=int, help="microbleeds per copy with --insert-into (default 3)")
+    p.add_argument("--cmb-per-copy", type=_COUNT, help="microbleeds per copy with --insert-into (default 3)")
     p.add_argument("--without", default="",
                    help="randomized family only: comma-separated randomization ingredients to switch off "
                         "(tissue, vessels, cmb_profile, noise, swi_mask, resolution, cmb_size, dipole_bloom), "
@@ -185,9 +190,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--detections", required=True, help="detections.csv from cmbdet detect")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--per-subject", metavar="CSV", help="also write per-subject figures to this CSV")
-    p.add_argument("--score-threshold", type=float, default=0.0, help="ignore detections below this score")
-    p.add_argument("--min-distance-mm", type=float, default=5.0, help="minimum match distance (mm)")
-    p.add_argument("--margin-mm", type=float, default=2.0, help="match distance = max(min, radius + margin)")
+    p.add_argument("--score-threshold", type=_PROBABILITY, default=0.0, help="ignore detections below this score")
+    p.add_argument("--min-distance-mm", type=_NON_NEGATIVE, default=5.0, help="minimum match distance (mm)")
+    p.add_argument("--margin-mm", type=_NON_NEGATIVE, default=2.0, help="match distance = max(min, radius + margin)")
     p.add_argument("--counts", action="store_true",
                    help="compare per-scan counts instead of positions: --truth is a manifest (subject[, session], "
                         "n_cmb) or truth.csv, --detections a counts.csv or detections.csv; prints ICC, Bland-Altman "
@@ -204,20 +209,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="folder(s) with scans + truth.csv (+ mimics.csv), or manifest CSV(s) (subject,image)")
     p.add_argument("--truth", help="truth CSV for a manifest (default: truth.csv beside it)")
     p.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors)")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--spacing-mm", type=float, default=1.0, help="working grid of the network (mm, isotropic)")
-    p.add_argument("--width", type=int, help="channels of the network's first level, from scratch (default 8, "
+    p.add_argument("--steps", type=_COUNT, default=1500)
+    p.add_argument("--batch-size", type=_COUNT, default=8)
+    p.add_argument("--spacing-mm", type=_POSITIVE, default=1.0, help="working grid of the network (mm, isotropic)")
+    p.add_argument("--width", type=_COUNT, help="channels of the network's first level, from scratch (default 8, "
                                              "the shipped network's; each level doubles it)")
     p.add_argument("--init", help="start from these proposer weights (fine-tuning, e.g. the shipped ones on "
                                   "your data); their width and working grid are kept")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
-    p.add_argument("--min-target-sigma-mm", type=float, default=0.7,  # proposer.train.MIN_TARGET_SIGMA_MM
+    p.add_argument("--lr", type=_POSITIVE, default=2e-3, help="peak learning rate (one-cycle schedule)")
+    p.add_argument("--min-target-sigma-mm", type=_POSITIVE, default=0.7,  # proposer.train.MIN_TARGET_SIGMA_MM
                    help="narrowest heat-map target (mm); wider gives small CMBs more weight in the loss")
     p.add_argument("--hard-negatives", type=float, default=0.0, metavar="FRACTION",
                    help="with --init: run those weights on the training scans first and centre this fraction "
                         "of each batch (at most 0.5) on their candidates that are not a CMB (default 0: none)")
-    p.add_argument("--val-fraction", type=float, default=0.15,
+    p.add_argument("--val-fraction", type=_HELD_OUT_FRACTION, default=0.15,
                    help="scans held out to measure recall and choose the stage-1-alone threshold")
     p.add_argument("--val", nargs="+", metavar="DATA",
                    help="separate labelled folder(s)/manifest(s) for validation instead of holding out "
@@ -235,20 +240,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", help="truth CSV for a manifest (default: truth.csv beside it)")
     p.add_argument("--proposer", help="stage-1 weights used to mine candidates (default: the shipped one)")
     p.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=_COUNT, default=30)
+    p.add_argument("--batch-size", type=_COUNT, default=64)
     p.add_argument("--val", nargs="+", metavar="DATA",
                    help="separate labelled folder(s)/manifest(s) to validate on and choose the operating point "
                         "(default: 15%% of --data's subjects, held out); a manifest needs truth.csv beside it")
-    p.add_argument("--fov-mm", type=float, default=FOV_MM,
+    p.add_argument("--fov-mm", type=_POSITIVE, default=FOV_MM,
                    help=f"side of the patch planes around each candidate, mm (default {FOV_MM:g}; 64 pixels; "
                         "stored in the weights and used at inference)")
     p.add_argument("--layout", default="mips", choices=sorted(LAYOUTS),
                    help="what the three patch channels show: planes (axial/coronal/sagittal), mips (minimum-"
                         "intensity projections over --slab-mm in the three orientations, default) or mixed "
                         "(axial plane + coronal/sagittal mIPs); stored in the weights")
-    p.add_argument("--slab-mm", type=float, default=SLAB_MM, help=f"mIP slab thickness, mm (default {SLAB_MM:g})")
-    p.add_argument("--max-candidates", type=int, default=60,
+    p.add_argument("--slab-mm", type=_POSITIVE, default=SLAB_MM, help=f"mIP slab thickness, mm (default {SLAB_MM:g})")
+    p.add_argument("--max-candidates", type=_COUNT, default=60,
                    help="stage-1 candidates mined per scan (default 60); detect reads at most this many, as "
                         "many as the validation scans chose")
     p.add_argument("--no-shape", action="store_true",
@@ -270,12 +275,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors)")
     p.add_argument("--lesion-weights", help="lesion localizer weights (default: the shipped CT or MRI model)")
     p.add_argument("--cache", help="keep each subject's localized lesions and features here (reruns reuse them)")
-    p.add_argument("--val-fraction", type=float, default=0.2,
+    p.add_argument("--val-fraction", type=_number(float, 0, 1, low_open=True, high_open=True), default=0.2,
                    help="subjects held out to choose the threshold and report validation figures")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 40 expansion, 60 hbm)")
-    p.add_argument("--ssl-epochs", type=int, default=60,
+    p.add_argument("--epochs", type=_COUNT, default=None, help="training epochs (default: 40 expansion, 60 hbm)")
+    p.add_argument("--ssl-epochs", type=_number(int, 0), default=60,
                    help="expansion: SimSiam pretraining epochs of the CNN encoder on the crops (0 = none)")
-    p.add_argument("--metric-weight", type=float, default=0.3,
+    p.add_argument("--metric-weight", type=_NON_NEGATIVE, default=0.3,
                    help="hbm: weight of the cross-site supervised contrastive term (0 = none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no log lines")
@@ -285,14 +290,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_batch_options(p: argparse.ArgumentParser) -> None:
     """The options of the shared batch runner (`cmbdet.batch.run_batch`): workers, Ray, overwrite, quiet."""
-    p.add_argument("--workers", type=int, default=1, metavar="N",
+    p.add_argument("--workers", type=_COUNT, default=1, metavar="N",
                    help="run N subjects at a time in local worker processes (default 1: in this process)")
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="run subjects as Ray tasks: on the cluster at ADDRESS (e.g. ray://head:10001), or without "
                         "ADDRESS on the cluster of $RAY_ADDRESS or a local Ray instance; needs pip install "
                         "'cmbdet[ray]' and inputs/OUTDIR on a filesystem all nodes see")
     p.add_argument("--overwrite", action="store_true",
-                   help="redo every subject, also when OUTDIR holds a run with other settings")
+                   help="redo this run's subjects, also when OUTDIR holds a run with other settings (other "
+                        "subjects' folders are kept on disk and left out of the tables)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-subject lines")
 
 
@@ -306,8 +312,6 @@ def _detect(args) -> int:
     from cmbdet.pipeline import DetectJob
     from cmbdet.report import write_report
 
-    if args.workers < 1:
-        raise InputError(None, "--workers must be at least 1")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise InputError(None, f"--threshold must be in [0, 1], got {args.threshold:g}")
     found = collect_inputs(args.inputs, exclude=[args.outdir])
@@ -367,14 +371,16 @@ def _rescore(args) -> int:
 def _phantom(args) -> int:
     from cmbdet.phantom import write_phantom_set
 
-    if args.n < 1:
-        raise InputError(None, "-n must be at least 1")
     if args.cmb_per_copy is not None and not args.insert_into:
         raise InputError(None, "--cmb-per-copy applies to --insert-into (microbleeds put into a scan of yours)")
     if args.kind != "cmb":
         return _phantom_hemorrhage(args)
     if args.insert_into:
         from cmbdet.phantom.insert import write_inserted_set
+
+        if args.family != "classic" or args.without or args.tiny:
+            raise InputError(None, "--family, --without and --tiny make whole phantoms; --insert-into puts "
+                                   "microbleeds into your scan as it is")
 
         out = write_inserted_set(args.insert_into, args.outdir, n_copies=args.n,
                                  n_cmb=3 if args.cmb_per_copy is None else args.cmb_per_copy, seed=args.seed)
@@ -494,8 +500,6 @@ def _phantom_hemorrhage(args) -> int:
 def _lesions(args) -> int:
     from cmbdet.lesions.run import LesionsJob, lesion_subjects, plan_inputs
 
-    if args.workers < 1:
-        raise InputError(None, "--workers must be at least 1")
     subjects = lesion_subjects(plan_inputs(args.inputs, args.modality, exclude=[args.outdir]))
     if not subjects:
         raise InputError(None, "no input scans found")
@@ -522,8 +526,6 @@ def _classify(args) -> int:
     from cmbdet.classify.run import ClassifyJob, with_reused_label_maps
     from cmbdet.lesions.run import LesionsJob, lesion_subjects, plan_inputs
 
-    if args.workers < 1:
-        raise InputError(None, "--workers must be at least 1")
     if args.lesions and not Path(args.lesions).is_dir():
         raise InputError(args.lesions, "--lesions needs the output folder of a `cmbdet lesions` run; this is a file"
                          if Path(args.lesions).exists() else "--lesions folder not found")
@@ -582,6 +584,8 @@ def _evaluate(args) -> int:
     if args.counts:
         return _evaluate_counts(args)
 
+    if args.per_subject and not Path(args.per_subject).parent.is_dir():
+        raise InputError(args.per_subject, "output folder does not exist")
     truth, detections = read_truth(args.truth), read_detections(args.detections)
     found = sorted(set(detections.centres) | set(detections.status or {}))
     if found and not set(found) & set(truth.subjects):
@@ -638,6 +642,7 @@ def _train_classifier(args) -> int:
     from cmbdet.lesions.infer import load_lesion_model
     from cmbdet.weights import SHIPPED_WEIGHTS_DIR
 
+    _check_output_file(args.output)
     log, _ = _training_output(args)
     for folder in args.data:
         if not (Path(folder) / "truth.csv").is_file():
@@ -670,6 +675,52 @@ def _train_classifier(args) -> int:
     return 0
 
 
+def _number(kind: type, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+            high_open: bool = False):
+    """An argparse type: ``kind`` (int or float) within [low, high] (an end open with ``*_open``), so that an
+    impossible setting is refused with the usage message (exit 2) before any work."""
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    span = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
+    wanted = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}") from None
+        outside = (not math.isfinite(value)
+                   or (low is not None and (value <= low if low_open else value < low))
+                   or (high is not None and (value >= high if high_open else value > high)))
+        if outside:
+            raise argparse.ArgumentTypeError(f"{text} is outside {span}")
+        return value
+
+    return parse
+
+
+#: Argument types used by several commands.
+_COUNT = _number(int, 1)            # at least 1
+_POSITIVE = _number(float, 0, low_open=True)
+_NON_NEGATIVE = _number(float, 0)
+_PROBABILITY = _number(float, 0, 1)
+_HELD_OUT_FRACTION = _number(float, 0, 1, high_open=True)
+
+
+def _check_output_file(path: str | Path, option: str = "-o") -> None:
+    """Refuse, before any work, an output file that could not be written at the end: it is a folder, or a
+    folder above it is a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, f"{option} must name a file, this is a folder")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(path, f"cannot be written: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise InputError(path, f"cannot be written: no write permission in {parent}")
+            break
+
+
 def _echo_choice(value: str) -> str:
     """--echo: auto, rss, first, last or a 0-based echo index (checked before any work)."""
     if value in ("auto", "rss", "first", "last") or (value.isdigit() and len(value) < 4):
@@ -686,6 +737,7 @@ def _train_proposer(args) -> int:
 
     if not 0.0 <= args.hard_negatives <= 0.5:
         raise InputError(None, f"--hard-negatives must be a fraction in [0, 0.5], got {args.hard_negatives}")
+    _check_output_file(args.output)
     if args.hard_negatives and not args.init:
         raise InputError(None, "--hard-negatives mines with the --init weights: give --init too")
     if args.width is not None and (args.init or not 2 <= args.width <= 64):
@@ -697,6 +749,7 @@ def _train_proposer(args) -> int:
         train, val = scans, [s for source in args.val for s in read_labelled_set(source)]
     else:
         train, val = hold_out(scans, args.val_fraction, rng)
+    _check_training_scans(train)
     log, bar = _training_output(args)
     log(f"preparing {len(train)} training scans ({len(val)} held out for validation) ...")
     init = load_proposer(args.init, device=args.device) if args.init else None
@@ -722,6 +775,15 @@ def _train_proposer(args) -> int:
     return 0
 
 
+def _check_training_scans(scans) -> None:
+    """Refuse training data a detector cannot learn from: no scan left for training, or no microbleed."""
+    if not scans:
+        raise InputError(None, "no scan left for training (lower --val-fraction, or give --val)")
+    if not any(len(s.cmb_xyz_mm) for s in scans):
+        raise InputError(None, f"the {len(scans)} training scan(s) hold no microbleed: nothing to learn from "
+                               "(truth.csv has only empty rows for them)")
+
+
 def _train_reclassifier(args) -> int:
     import numpy as np
 
@@ -729,7 +791,9 @@ def _train_reclassifier(args) -> int:
     from cmbdet.reclassifier.train import train_reclassifier
     from cmbdet.training_data import describe_sources, read_labelled_set
 
+    _check_output_file(args.output)
     scans = [s for source in args.data for s in read_labelled_set(source, args.truth)]
+    _check_training_scans(scans)
     proposer = load_proposer(args.proposer)
     rng = np.random.default_rng(args.seed)
     val = [s for source in args.val for s in read_labelled_set(source)] if args.val else None

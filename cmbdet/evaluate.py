@@ -436,7 +436,8 @@ class Evaluation:
         quiet = "n/a" if not n_free else f"{round(p['quiet_rate'] * n_free)}/{n_free} ({f(p['quiet_rate'])})"
         lines = [
             f"subjects   {p['n_subjects']} ({p['n_subjects_with_cmb']} with CMB, {n_free} without, "
-            f"{p['n_subjects_error']} failed)   score >= {s['score_threshold']:g}, match within "
+            f"{p['n_subjects_error']} failed, {p['n_subjects_not_processed']} not processed)   "
+            f"score >= {s['score_threshold']:g}, match within "
             f"max({s['min_distance_mm']:g} mm, diameter/2 + {s['margin_mm']:g} mm)",
             f"lesions    truth {p['n_truth']}  detected {p['n_detected']}  TP {p['tp']}  FP {p['fp']}  "
             f"FN {p['fn']}",
@@ -554,7 +555,8 @@ def evaluate(truth: TruthTable | Iterable[Mapping[str, Any]],
         "n_subjects": n_subjects,
         "n_subjects_with_cmb": int(has_cmb.sum()),
         "n_subjects_without_cmb": n_free,
-        "n_subjects_error": sum(r["status"] != "ok" for r in per_subject),
+        "n_subjects_error": sum(r["status"] == "error" for r in per_subject),
+        "n_subjects_not_processed": sum(r["status"] == "not_processed" for r in per_subject),
         "n_truth": n_lesions,
         "n_detected": tp + fp,
         "tp": tp, "fp": fp, "fn": fn,

@@ -132,6 +132,9 @@ def load_detector(
 
 def _weights_folder(weights_dir: str | Path | None) -> Path:
     folder = Path(weights_dir) if weights_dir is not None else SHIPPED_WEIGHTS_DIR
+    if folder.is_file():
+        raise InputError(folder, "--weights takes the folder that holds proposer.safetensors and "
+                                 f"reclassifier.safetensors, not a file (here: {folder.parent})")
     if not folder.is_dir():
         raise InputError(folder, "weights folder not found")
     return folder

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,15 @@ def read_labelled_set(source: str | Path, truth: str | Path | None = None) -> li
     table = read_truth(truth_path)
     mimics = _read_mimics(folder / "mimics.csv")
     scans = []
+    unmatched = [subject for subject in table.subjects if subject not in images]
+    if unmatched:
+        warnings.warn(f"{truth_path}: {len(unmatched)} subject(s) without a scan in {source.name}, not used: "
+                      f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}", stacklevel=2)
+    unrated = [subject for subject in images if subject not in table.subjects]
+    if unrated:
+        warnings.warn(f"{source}: {len(unrated)} scan(s) without a row in {truth_path.name} (not even an "
+                      f"empty one for a clean scan), not used: {', '.join(unrated[:5])}"
+                      f"{' ...' if len(unrated) > 5 else ''}", stacklevel=2)
     for subject in table.subjects:
         if subject not in images:
             continue
@@ -86,7 +96,31 @@ def read_labelled_set(source: str | Path, truth: str | Path | None = None) -> li
         ))
     if not scans:
         raise InputError(source, f"no scan matches a subject of {truth_path.name}")
+    _check_points_inside(scans, truth_path)
     return scans
+
+
+def _check_points_inside(scans: list[LabelledScan], truth_path: Path) -> None:
+    """Warn of microbleeds outside their scan's field of view; refuse a table none of whose microbleeds
+    is inside (coordinates in another space: LPS, voxels, another scan's grid)."""
+    import nibabel as nib
+
+    from cmbdet.volume import read_nifti
+
+    outside, total = 0, 0
+    for scan in scans:
+        if not len(scan.cmb_xyz_mm):
+            continue
+        image = read_nifti(Path(scan.image_path))
+        ijk = nib.affines.apply_affine(np.linalg.inv(image.affine), scan.cmb_xyz_mm)
+        away = int((np.any(ijk < -0.5, axis=1) | np.any(ijk > np.array(image.shape[:3]) - 0.5, axis=1)).sum())
+        if away:
+            warnings.warn(f"{truth_path}: {away} of {len(ijk)} microbleed(s) of {scan.subject} lie outside its "
+                          "image", stacklevel=3)
+        outside, total = outside + away, total + len(ijk)
+    if total and outside == total:
+        raise InputError(truth_path, f"none of its {total} microbleeds lies inside its scan: coordinates must be "
+                                     "scanner RAS mm as nibabel reports them (not LPS, not voxels)")
 
 
 def describe_sources(sources: Sequence[str | Path], scans: Sequence[LabelledScan], *, role: str | None = None) -> dict:

@@ -7,6 +7,7 @@ code from the file (unlike pickle-based ``.pt``), and nothing is ever downloaded
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,8 +41,20 @@ def save_state(path: str | Path, state: dict[str, torch.Tensor], metadata: dict)
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"cmbdet": json.dumps(metadata)})
+        save_file(tensors, str(tmp), metadata={"cmbdet": json.dumps(_finite_or_null(metadata), allow_nan=False)})
     return Path(path)
+
+
+def _finite_or_null(value):
+    """``value`` with every NaN or infinite float replaced by None (strict JSON has no NaN: a figure that could
+    not be measured, e.g. a recall without microbleeds, is stored as null)."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

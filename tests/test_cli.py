@@ -152,6 +152,11 @@ def test_missing_weights_folder_is_a_clear_error(scan_dir, tmp_path, capsys):
     code = main(["detect", str(scan_dir), "-o", str(tmp_path / "o"), "--weights", str(tmp_path / "none")])
     assert code == 2
     assert "weights folder not found" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "proposer.safetensors").write_bytes(b"x")  # a file given for the folder
+    assert main(["detect", str(scan_dir), "-o", str(tmp_path / "o"), "--weights",
+                 str(tmp_path / "mine" / "proposer.safetensors")]) == 2
+    assert "not a file" in capsys.readouterr().err
 
 
 def test_evaluate_cli_prints_json_with_the_headline_figures(tmp_path, capsys):

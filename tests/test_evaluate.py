@@ -327,6 +327,23 @@ def test_truth_subject_missing_from_counts_is_not_processed(tmp_path):
     ev = evaluate(truth, read_detections(det_path))
     assert subject_row(ev, "sub-03")["status"] == "not_processed"
     assert any("sub-03" in w for w in ev.warnings)
+    assert ev.pooled["n_subjects_error"] == 0 and ev.pooled["n_subjects_not_processed"] == 1  # was "1 failed"
+    assert "0 failed, 1 not processed" in ev.summary_text()
+
+
+def test_evaluate_into_a_closed_pipe_and_a_missing_output_folder(tmp_path):
+    import subprocess
+    import sys
+
+    truth = write_truth(tmp_path)
+    det_path = write_csv(tmp_path / "detections.csv", DET_HEADER, [])
+    command = [sys.executable, "-m", "cmbdet.cli", "evaluate", "--truth", str(truth), "--detections", str(det_path)]
+    run = subprocess.run(f"{' '.join(command)} | head -1", shell=True, capture_output=True, text=True, timeout=300)
+    assert "BrokenPipe" not in run.stderr and "error" not in run.stderr  # was "cmbdet: error: BrokenPipeError"
+    run = subprocess.run([*command, "--per-subject", str(tmp_path / "nodir" / "ps.csv")], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 2 and "output folder does not exist" in run.stderr
+    assert run.stdout == ""  # refused before the table was printed
 
 
 def _bad(tmp_path: Path, name: str, text: str | bytes) -> Path:

@@ -57,6 +57,16 @@ def test_insert_into_a_scan_with_nan_voxels_a_thin_slab_and_a_misplaced_option(t
     assert "0 of 2 microbleeds inserted" in capsys.readouterr().err
     assert main(["phantom", "-o", str(tmp_path / "x"), "-n", "1", "--cmb-per-copy", "2"]) == 2
     assert "--insert-into" in capsys.readouterr().err
+    # what detect refuses, insert refuses: a phase image (it wrote copies and a truth table with no microbleed)
+    phase = np.random.default_rng(0).uniform(-np.pi, np.pi, data.shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(phase, affine), tmp_path / "ph.nii.gz")
+    assert main(["phantom", "--insert-into", str(tmp_path / "ph.nii.gz"), "-n", "1", "-o", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "ph.nii.gz" in err and "phase" in err and not (tmp_path / "p").exists()
+    # whole-phantom options are not silently ignored
+    assert main(["phantom", "--insert-into", str(tmp_path / "nan.nii.gz"), "--family", "gamma", "-o",
+                 str(tmp_path / "g")]) == 2
+    assert "--family" in capsys.readouterr().err and not (tmp_path / "g").exists()
 
 
 @pytest.mark.skipif(not REALDATA.exists(), reason="shared/realdata not beside the repo")

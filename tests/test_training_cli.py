@@ -26,7 +26,8 @@ def tiny_validation(tmp_path_factory):
     return folder
 
 
-def test_train_both_stages_then_detect_and_evaluate(tiny_phantoms, tiny_validation, tmp_path, capsys):
+def test_train_both_stages_then_detect_and_evaluate(tiny_phantoms, tiny_validation, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # --workdir below is relative
     weights = tmp_path / "weights"
     assert main(["train", "proposer", "--data", str(tiny_phantoms), "-o", str(weights / "proposer.safetensors"),
                  "--steps", "4", "--batch-size", "2", "--seed", "3", "--spacing-mm", "2", "--width", "4"]) == 0
@@ -47,7 +48,10 @@ def test_train_both_stages_then_detect_and_evaluate(tiny_phantoms, tiny_validati
     assert tuned["train_subjects"] == 5 and tuned["val_scans"] == 2  # a separate validation set: no split
     assert main(["train", "reclassifier", "--data", str(tiny_phantoms), "--proposer",
                  str(weights / "proposer.safetensors"), "-o", str(weights / "reclassifier.safetensors"),
-                 "--epochs", "1", "--batch-size", "8", "--seed", "3", "--val", str(tiny_validation)]) == 0
+                 "--epochs", "1", "--batch-size", "8", "--seed", "3", "--val", str(tiny_validation),
+                 "--workdir", "stage2_work"]) == 0
+    # the ultralytics run is kept in the relative --workdir (it went under ultralytics' own runs folder, in $HOME)
+    assert list((tmp_path / "stage2_work").rglob("results.csv")) and (tmp_path / "stage2_work" / "patches").is_dir()
     _, meta = load_state(weights / "reclassifier.safetensors")
     assert meta["kind"] == "reclassifier" and meta["yaml"]["nc"] == 2
     assert 0.0 < meta["threshold"] < 1.0 and 0.0 <= meta["stage1_weight"] < 1.0
@@ -103,3 +107,93 @@ def test_hold_out_splits_by_subject_and_honours_zero():
     train, val = hold_out(scans, 0.0, np.random.default_rng(0))
     assert sorted(train) == scans and val == []
     assert len(hold_out(scans[:2], 0.15, np.random.default_rng(0))[1]) == 1
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["train", "proposer", "--steps", "0"], "--steps"),
+    (["train", "proposer", "--val-fraction", "1.5"], "--val-fraction"),
+    (["train", "proposer", "--lr", "nan"], "--lr"),
+    (["train", "reclassifier", "--epochs", "0"], "--epochs"),
+    (["train", "reclassifier", "--max-candidates", "0"], "--max-candidates"),
+    (["evaluate", "--truth", "t.csv", "--detections", "d.csv", "--score-threshold", "2"], "--score-threshold"),
+    (["evaluate", "--truth", "t.csv", "--detections", "d.csv", "--min-distance-mm", "-5"], "--min-distance-mm"),
+    (["phantom", "-o", "x", "--insert-into", "s.nii", "--cmb-per-copy", "0"], "--cmb-per-copy"),
+    (["detect", "s.nii", "--workers", "0"], "--workers"),
+])
+def test_impossible_settings_are_refused_before_any_work(argv, option, tmp_path, capsys, monkeypatch):
+    """Each was accepted and failed late with an internal error (--steps 0 after preparing every scan), or ran
+    and gave nonsense (--max-candidates 0 weights that never detect; a match distance of -5 mm)."""
+    monkeypatch.chdir(tmp_path)
+    if argv[0] == "train":
+        argv = [*argv, "--data", str(tmp_path), "-o", str(tmp_path / "w.safetensors")]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and "outside" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_training_refuses_data_it_cannot_learn_from_and_an_output_it_cannot_write(tiny_phantoms, tmp_path, capsys):
+    import shutil
+
+    # an output path under a file: refused before training (it failed with FileExistsError after it)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(["train", "proposer", "--data", str(tiny_phantoms), "-o", str(blocker / "p.safetensors"),
+                 "--steps", "1"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    # a truth table with only empty rows (clean scans): nothing to learn (weights with NaN figures were written)
+    clean = tmp_path / "clean"
+    shutil.copytree(tiny_phantoms, clean)
+    subjects = sorted({r["subject"] for r in csv.DictReader(open(clean / "truth.csv"))})
+    (clean / "truth.csv").write_text("subject,x_mm,y_mm,z_mm,diameter_mm\n" + "".join(f"{s},,,,\n" for s in subjects))
+    for stage in ("proposer", "reclassifier"):
+        assert main(["train", stage, "--data", str(clean), "-o", str(tmp_path / f"{stage}.safetensors")]) == 2
+        assert "hold no microbleed" in capsys.readouterr().err
+        assert not (tmp_path / f"{stage}.safetensors").exists()
+    # every point outside its scan (coordinates in another space): refused; rows and scans that do not pair up
+    # are named in a warning (they were dropped without a word)
+    shifted = tmp_path / "shifted"
+    shutil.copytree(tiny_phantoms, shifted)
+    rows = list(csv.DictReader(open(shifted / "truth.csv")))
+    for r in rows:
+        if r["x_mm"]:
+            r["x_mm"] = str(float(r["x_mm"]) + 500)
+    with open(shifted / "truth.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert main(["train", "proposer", "--data", str(shifted), "-o", str(tmp_path / "p.safetensors")]) == 2
+    assert "none of its" in capsys.readouterr().err
+    from cmbdet.training_data import read_labelled_set
+
+    unpaired = tmp_path / "unpaired"
+    shutil.copytree(tiny_phantoms, unpaired)
+    first = sorted(unpaired.glob("*.nii.gz"))[0]
+    rows = [r for r in csv.DictReader(open(unpaired / "truth.csv")) if r["subject"] != first.name[:-7]]
+    rows.append({**rows[0], "subject": "ghost_9999"})
+    with open(unpaired / "truth.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.warns(UserWarning) as caught:
+        scans = read_labelled_set(unpaired)
+    said = " ".join(str(w.message) for w in caught)
+    assert "ghost_9999" in said and first.name[:-7] in said
+    assert len(scans) == len(subjects) - 1
+
+
+def test_weights_metadata_is_strict_json(tmp_path):
+    import torch
+
+    from cmbdet.weights import save_state
+
+    metadata = {"val_recall": float("nan"), "n": [1.0, float("inf")]}
+    save_state(tmp_path / "w.safetensors", {"x": torch.zeros(1)}, metadata)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as handle:
+        text = handle.metadata()["cmbdet"]
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the metadata")) == \
+        {"val_recall": None, "n": [1.0, None]}

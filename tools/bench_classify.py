@@ -6,6 +6,8 @@ never saw, its tables joined with the phantoms' truth; every figure of issue 12 
         [--weights W] [--ssl-train DATA/exp_train_cta [DATA/exp_train_ctc] --cache CACHE] [--seeds 5]
     # metastasis vs hematoma (a held-out site, and a same-site split)
     python tools/bench_classify.py --task hbm --data DATA/hbm_test_s4 --out OUT/s4 [--weights W]
+    # ... with some sequences only (a site that lacks the others)
+    python tools/bench_classify.py --task hbm --data DATA/hbm_test_s4 --out OUT/s4-swi --sequences swi
 
 Per subject (the ``classification.csv`` subject row: hbm the most suspicious lesion, expansion the
 largest hematoma) against the subject's truth (hbm: metastasis or hematoma; expansion: its largest
@@ -33,6 +35,7 @@ import numpy as np
 
 from cmbdet.classify.samples import phantom_subjects
 from cmbdet.cli import main as cmbdet_main
+from cmbdet.lesions.mri import SEQUENCES
 from cmbdet.lesions.truth import match_reports, read_truth_map
 
 
@@ -93,12 +96,15 @@ def decision_curve(labels, scores, thresholds=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7
     return out
 
 
-def run_classify(task: str, data: Path, out: Path, weights: str | None, extra: list[str]) -> float:
-    """`cmbdet classify` on the set's scans (baseline CTs / MRI sequences, truth maps excluded)."""
+def run_classify(task: str, data: Path, out: Path, weights: str | None, extra: list[str],
+                 sequences: list[str] | None = None) -> float:
+    """`cmbdet classify` on the set's scans (baseline CTs / MRI sequences, truth maps excluded); with
+    ``sequences``, only those of each subject's MRI sequences are given (a site that lacks the others)."""
     subjects = phantom_subjects(data, task)
     listing = out.parent / f"{out.name}_inputs.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    listing.write_text("".join(f"{p.resolve()}\n" for s in subjects for p in s.files.values()))
+    listing.write_text("".join(f"{p.resolve()}\n" for s in subjects for name, p in s.files.items()
+                               if sequences is None or name in sequences))
     args = ["classify", str(listing), "--task", task, "-o", str(out), "--compare", "--no-pictures", "--quiet",
             "--modality", "ct" if task == "expansion" else "mri", *extra]
     if weights:
@@ -125,10 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="cmbdet classify --workers (seconds per subject "
                         "are then wall time shared by the workers)")
+    parser.add_argument("--sequences", nargs="+", choices=SEQUENCES, help="hbm: give classify only these "
+                        "sequences of each subject (the figures of a site without the others); default: all")
     args = parser.parse_args(argv)
+    if args.sequences and args.task != "hbm":
+        parser.error("--sequences is for --task hbm (expansion reads one CT)")
     rng = np.random.default_rng(args.seed)
     data, out = Path(args.data), Path(args.out)
-    seconds = run_classify(args.task, data, out, args.weights, ["--workers", str(args.workers)])
+    seconds = run_classify(args.task, data, out, args.weights, ["--workers", str(args.workers)], args.sequences)
+    if args.sequences:
+        print(f"sequences given: {', '.join(args.sequences)} (the subject's others left out)")
     subjects = {s.subject: s for s in phantom_subjects(data, args.task)}
     classified = _rows(out / "classification.csv")
     counts = {r["subject"]: r for r in _rows(out / "counts.csv")}

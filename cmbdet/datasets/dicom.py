@@ -40,6 +40,13 @@ class DicomSeries:
     acquisition_time: str  # "HHMMSS..." or ""
     echo_times_ms: list[float] = field(default_factory=list)
 
+    @property
+    def scan_date(self) -> str:
+        """The acquisition day as ``YYYY-MM-DD``, or "" when the headers hold no valid date."""
+        day = self.acquired
+        valid = len(day) == 8 and day.isdigit() and 1 <= int(day[4:6]) <= 12 and 1 <= int(day[6:]) <= 31
+        return f"{day[:4]}-{day[4:6]}-{day[6:]}" if valid else ""
+
 
 @dataclass
 class FolderScan:

@@ -160,7 +160,8 @@ def convert_points(src: str | Path, out: str | Path, points: str | Path | None =
     # rated images first: when two paths give one BIDS name, the rated one is kept
     for n, (rel, image) in enumerate(sorted(images.items(), key=lambda kv: (kv[0] not in rated_by_image, kv[0])),
                                      start=1):
-        participant, session, modality = _names(rel)
+        # SRC itself a DICOM series folder (as `cmbdet detect` suggests for one): named after that folder
+        participant, session, modality = _names(src.resolve().name if rel == "." else rel)
         kind = "dicom" if isinstance(image, DicomSeries) else "nifti"
         not_a_scan = scan_filter(image) if kind == "nifti" else None
         if not_a_scan and rel not in rated_by_image and not all_series:  # e.g. sub-01_T1w.nii.gz, *_ph.nii
@@ -175,6 +176,7 @@ def convert_points(src: str | Path, out: str | Path, points: str | Path | None =
         row = {"source": rel, "kind": kind, "subject": subject}
         if kind == "dicom":
             row["description"] = image.description
+            row["scan_date"] = image.scan_date
             if rel not in rated_by_image and not all_series:  # an unlisted series is taken by its description
                 choice = choose_series(image.description, series_pattern)
                 if not choice.take:
@@ -206,7 +208,7 @@ def convert_points(src: str | Path, out: str | Path, points: str | Path | None =
             "subject": f"sub-{participant}",
             "session": f"ses-{session}" if session else "", "image_id": "", "path": out_rel.as_posix(),
             "modality": modality, **(rated.count_columns() if rated is not None else UNRATED_COUNTS),
-            "in_truth": int(rated is not None), "format": kind, "source": rel,
+            "in_truth": int(rated is not None), "format": kind, "source": rel, "scan_date": row.get("scan_date", ""),
         })
         report.append({**row, "status": "converted", "reason": "; ".join(notes), "output": out_rel.as_posix()})
     write_dataset_description(out, "scans with rated points (cmbdet convert points)")

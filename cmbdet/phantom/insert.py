@@ -26,9 +26,8 @@ import numpy as np
 
 from cmbdet.atomic import write_bytes_atomic
 from cmbdet.echoes import echo_times_ms
-from cmbdet.errors import InputError
 from cmbdet.preprocess import brain_mask
-from cmbdet.volume import save_image_atomic
+from cmbdet.volume import load_volume, read_nifti, save_image_atomic
 
 #: T2* of tissue next to a microbleed and inside its blooming region, ms.
 TISSUE_T2STAR_MS = 40.0
@@ -99,11 +98,8 @@ def write_inserted_set(background: str | Path, outdir: str | Path, *, n_copies: 
     and ``truth.csv`` (the untouched copy is a CMB-free subject): a set `cmbdet detect` and
     `cmbdet evaluate` read like any phantom set. Deterministic for a seed."""
     background = Path(background)
-    try:
-        image = nib.load(str(background))
-        image.get_fdata(dtype=np.float32)
-    except Exception as err:
-        raise InputError(background, f"not a readable NIfTI file ({type(err).__name__})") from None
+    load_volume(background)  # refuses, in one line, what detect refuses: unreadable, phase, CT, a time series
+    image = read_nifti(background)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     stem = background.name.split(".")[0]

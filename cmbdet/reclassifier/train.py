@@ -251,7 +251,8 @@ def fit_reclassifier(
     """Train on mined patches (of ``layout``) and choose the operating point on ``mined_val``.
     ``max_candidates``: how many stage-1 candidates per scan were mined (detect reads as many)."""
     with tempfile.TemporaryDirectory(prefix="cmbdet-stage2-") as tmp:
-        root = Path(workdir) if workdir is not None else Path(tmp)
+        # absolute: ultralytics puts a relative project folder under its own runs directory, not here
+        root = Path(workdir).resolve() if workdir is not None else Path(tmp)
         dataset = root / "patches"
         train_counts = write_patch_dataset(mined_train, dataset, "train", rng)
         val_counts = write_patch_dataset(mined_val or mined_train[:1], dataset, "val", rng)
