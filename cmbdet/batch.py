@@ -145,6 +145,10 @@ def collect_inputs(items: Sequence[str | Path], *, exclude: Sequence[str | Path]
                 warnings.warn(f"{path}: folder holds DICOM files and no scan cmbdet can use: convert them first "
                               f"(cmbdet convert points {shlex.quote(str(path))} -o OUT; then cmbdet detect OUT)",
                               stacklevel=2)
+            elif not found and left_out:
+                warnings.warn(f"{path}: none of its {len(left_out)} NIfTI file(s) is taken as a susceptibility-"
+                              "weighted magnitude scan by its name (see the skipped files); give a file itself "
+                              "to run on it whatever its name", stacklevel=2)
             elif not found:
                 bids = "; SWI/T2starw/GRE/MEGRE/T2star magnitude in a BIDS root" if _is_bids_root(path) else ""
                 warnings.warn(f"{path}: folder holds no scan cmbdet can use (.nii/.nii.gz{bids})", stacklevel=2)
@@ -233,7 +237,7 @@ def scan_filter(path: Path) -> str | None:
         if entities.get("part") in NOT_MAGNITUDE_PARTS:
             return f"part-{entities['part']}"
         if suffix not in BIDS_SCAN_SUFFIXES:
-            return f"_{suffix}" if suffix else "no BIDS suffix"
+            return f"_{suffix}" if suffix else "no BIDS suffix (contrast unknown)"
     elif _stem(path.name).endswith(("_ph", "_phase")):  # dcm2niix / common phase names
         return "phase"
     return None

@@ -316,8 +316,8 @@ def _detect(args) -> int:
         raise InputError(None, f"--threshold must be in [0, 1], got {args.threshold:g}")
     found = collect_inputs(args.inputs, exclude=[args.outdir])
     if found.skipped and not args.quiet:
-        print(f"cmbdet: skipped {len(found.skipped)} file(s) that are not SWI/T2*-weighted magnitude scans: "
-              f"{found.skipped_summary()}", file=sys.stderr)
+        print(f"cmbdet: skipped {len(found.skipped)} file(s) not taken as SWI/T2*-weighted magnitude scans by "
+              f"their names: {found.skipped_summary()}", file=sys.stderr)
     if not found.subjects:
         raise InputError(None, "no input scans found")
     job = DetectJob(args.weights, reclassify=not args.no_reclassify, threshold=args.threshold, echo=args.echo,

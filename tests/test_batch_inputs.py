@@ -145,3 +145,15 @@ def test_a_bad_echo_choice_is_refused_before_any_work(tmp_path, capsys):
         assert exit_info.value.code == 2
         assert "0-based echo index" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_of_files_without_a_bids_suffix_says_why_nothing_was_taken(tmp_path):
+    """`sub-07.nii.gz` has a BIDS entity but no suffix: its contrast is unknown, so a folder scan leaves it out;
+    the warning said the folder held no usable scan (contradicted by the skipped list), now it says why and how."""
+    folder = tmp_path / "nosuffix"
+    folder.mkdir()
+    (folder / "sub-07.nii.gz").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"none of its 1 NIfTI file\(s\) is taken .* give a file itself"):
+        found = collect_inputs([folder])
+    assert not found.subjects and found.skipped_summary() == "1 no BIDS suffix (contrast unknown)"
+    assert [s.subject for s in collect_inputs([folder / "sub-07.nii.gz"]).subjects] == ["sub-07"]
