@@ -31,6 +31,18 @@ import numpy as np
 METHODS = ("stage1", "stage1+2", "log")
 
 
+def _own_peak_mib() -> float:
+    """This process's peak resident memory, MiB. Linux: VmHWM of /proc/self/status, the high-water mark of this
+    process's own memory (ru_maxrss is carried across fork + exec: a spawned child reported its parent's peak,
+    e.g. that of making the phantoms in the same call); elsewhere ru_maxrss."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_method(method: str, data_dir: str, workdir: str, weights: str | None, queue) -> None:
     """In a child process: every candidate with its score, seconds per scan, and peak memory.
 
@@ -66,7 +78,7 @@ def run_method(method: str, data_dir: str, workdir: str, weights: str | None, qu
         seconds = [r.seconds for r in results.records]
         with open(out / "detections.csv", newline="") as handle:
             rows = [dict(r, score=float(r["score"])) for r in csv.DictReader(handle)]
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = _own_peak_mib()
     queue.put({"method": method, "rows": rows, "seconds": seconds, "peak_mib": peak_mib,
                "threshold": threshold, "load_seconds": load_seconds})
 
