@@ -500,7 +500,7 @@ def test_unrated_dicom_folder_detect_says_convert_and_convert_points_needs_no_ra
     (row,) = _rows(out / "manifest.csv")  # the T1 series is not taken: not susceptibility-weighted
     assert row["in_truth"] == "0" and row["n_cmb"] == "" and row["format"] == "dicom"
     assert row["source"] == "patient 7/series5" and row["path"].endswith("_swi.nii.gz")  # suffix from the description
-    assert row["scan_date"] == "2011-06-02"  # from the DICOM headers (it was left empty)
+    assert row["scan_date"] == "2011-06-02" and row["description"] == "SWI_Images"  # from the headers (were empty)
     # the series folder itself as SRC (the command detect suggests for it): named after the folder (was refused:
     # "no letters or digits in the name")
     assert main(["convert", "points", str(src / "patient 7" / "series5"), "-o", str(tmp_path / "one")]) == 0

@@ -209,6 +209,7 @@ def convert_points(src: str | Path, out: str | Path, points: str | Path | None =
             "session": f"ses-{session}" if session else "", "image_id": "", "path": out_rel.as_posix(),
             "modality": modality, **(rated.count_columns() if rated is not None else UNRATED_COUNTS),
             "in_truth": int(rated is not None), "format": kind, "source": rel, "scan_date": row.get("scan_date", ""),
+            "description": row.get("description", ""),
         })
         report.append({**row, "status": "converted", "reason": "; ".join(notes), "output": out_rel.as_posix()})
     write_dataset_description(out, "scans with rated points (cmbdet convert points)")
