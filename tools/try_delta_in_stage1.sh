@@ -12,6 +12,9 @@
 # falls more than 0.01 below the shipped weights'; quick start >= 4 of 6 with no false one; insert_check 4/4 and
 # nothing else; then gamma once, kept unless worse there at 95 % confidence on F1 or FROC mean
 # (tools/compare_detectors_ci.py, paired bootstrap over subjects).
+# Outcome (weights/DETECTOR_HISTORY.md "Session 25"): on epsilon E's stage-1 recall among 30 candidates rose
+# (0.848 -> 0.868) but its pooled F1 fell (0.800 -> 0.791; 8202 0.776 -> 0.755): rule not met, not shipped,
+# gamma not run.
 # Usage: bash tools/try_delta_in_stage1.sh [DATA_DIR]   (the DATA_DIR of tools/detector_phantom_sets.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
