@@ -317,6 +317,16 @@ def test_classify_hbm_on_an_mri_subject_with_missing_sequences(hbm_weights, tmp_
         assert all(r["label"] in ("hbm", "ich") for r in rows)
     else:
         assert subject_row["label"] == "no_lesion"
+    assert "without T2w or FLAIR" not in counts["message"]  # FLAIR is there
+    # SWI alone: the call comes with the caution the held-out-site measurement asks for (model card)
+    (folder / "sub-07_FLAIR.nii.gz").unlink()
+    lesions_swi = tmp_path / "lesions_swi"
+    assert main(["lesions", str(folder), "-o", str(lesions_swi), "--classical", "--modality", "mri", "--quiet",
+                 "--no-pictures"]) == 0
+    assert main(["classify", str(folder), "--task", "hbm", "--modality", "mri", "--weights", str(hbm_weights),
+                 "--lesions", str(lesions_swi), "-o", str(tmp_path / "cls_swi"), "--quiet"]) == 0
+    message = _rows(tmp_path / "cls_swi" / "counts.csv")[0]["message"]
+    assert "hbm without T2w or FLAIR: measured less accurate" in message
 
 
 def test_classify_refuses_a_label_map_of_another_scan(ct_folder, expansion_weights, tmp_path):
