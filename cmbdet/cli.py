@@ -212,8 +212,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_COUNT, default=1500)
     p.add_argument("--batch-size", type=_COUNT, default=8)
     p.add_argument("--spacing-mm", type=_POSITIVE, default=1.0, help="working grid of the network (mm, isotropic)")
-    p.add_argument("--width", type=_COUNT, help="channels of the network's first level, from scratch (default 8, "
-                                             "the shipped network's; each level doubles it)")
+    p.add_argument("--width", type=_number(int, 2, 64),
+                   help="channels of the network's first level, from scratch (2-64; default 8, the shipped "
+                        "network's; each level doubles it)")
     p.add_argument("--init", help="start from these proposer weights (fine-tuning, e.g. the shipped ones on "
                                   "your data); their width and working grid are kept")
     p.add_argument("--lr", type=_POSITIVE, default=2e-3, help="peak learning rate (one-cycle schedule)")
@@ -740,9 +741,8 @@ def _train_proposer(args) -> int:
     _check_output_file(args.output)
     if args.hard_negatives and not args.init:
         raise InputError(None, "--hard-negatives mines with the --init weights: give --init too")
-    if args.width is not None and (args.init or not 2 <= args.width <= 64):
-        raise InputError(None, "--width sets a new network (2-64 channels); --init keeps the width of its weights"
-                         if args.init else f"--width must be 2-64 channels, got {args.width}")
+    if args.width is not None and args.init:
+        raise InputError(None, "--width sets a new network (2-64 channels); --init keeps the width of its weights")
     scans = [s for source in args.data for s in read_labelled_set(source, args.truth)]
     rng = np.random.default_rng(args.seed)
     if args.val:

@@ -92,8 +92,9 @@ def test_hard_negatives_need_the_weights_that_mine_them(tiny_phantoms, tmp_path,
     assert main(["train", "proposer", "--data", str(tiny_phantoms), "-o", str(out), "--width", "16",
                  "--init", str(out)]) == 2
     assert "--width" in capsys.readouterr().err and not out.exists()
-    assert main(["train", "proposer", "--data", str(tiny_phantoms), "-o", str(out), "--width", "0"]) == 2
-    assert "2-64" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # refused by the argument parser, with the usage message
+        main(["train", "proposer", "--data", str(tiny_phantoms), "-o", str(out), "--width", "0"])
+    assert info.value.code == 2 and "--width: 0 is outside [2, 64]" in capsys.readouterr().err
 
 
 def test_hold_out_splits_by_subject_and_honours_zero():
