@@ -42,7 +42,7 @@ echo "gamma, once, when the rule is met: python tools/bench_detect.py --family g
 # Candidate F (session 25, validation only; rule written before its fit): E's stage 1 with a shape model refit by
 # session 22's recipe on E's own candidates of the 280 training scans + delta's 60; point chosen on epsilon. It would
 # ship by E's bar (pooled F1 >= 0.810, 8201 >= 0.820, 8202 >= 0.766, quick start >= 4 of 6 none false, insertion
-# check 4/4), then gamma once.
+# check 4/4), then gamma once. Outcome: epsilon pooled F1 0.799 (8201 0.836, 8202 0.768): bar missed, not shipped.
 python tools/train_shape_stage.py --proposer "$W/proposer_E.safetensors" --reclassifier "$DATA/s22/yolo_only.safetensors" \
     --train "${TRAIN[@]}" "$DATA/train-rand4-s106" "$DATA/train-rand4-s107" --val "${VAL[@]}" --max-candidates 60 \
     --cache "$W/shape-F" -o "$W/reclassifier_F.safetensors"
